@@ -1,0 +1,3 @@
+from stylesearch.cli.main import main
+
+main()

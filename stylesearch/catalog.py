@@ -1,0 +1,251 @@
+"""SQLite catalog (WAL) of a dataset: items, models, per-model vectors, download records."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .errors import CatalogError, ItemNotFound
+from .storage import DatasetPaths
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: list[str] = [
+    # 0 -> 1
+    """
+    CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
+    CREATE TABLE items(
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        path TEXT NOT NULL UNIQUE,
+        size INTEGER, mtime REAL, content_hash TEXT,
+        width INTEGER, height INTEGER,
+        status TEXT NOT NULL DEFAULT 'ok',
+        source_url TEXT, caption TEXT,
+        added_at TEXT, updated_at TEXT);
+    CREATE INDEX items_hash ON items(content_hash);
+    CREATE INDEX items_status ON items(status);
+    CREATE TABLE models(
+        model_key TEXT PRIMARY KEY, model_name TEXT, pretrained TEXT,
+        dim INTEGER, dtype TEXT, created_at TEXT);
+    CREATE TABLE vectors(
+        model_key TEXT NOT NULL, content_hash TEXT NOT NULL, vector BLOB NOT NULL,
+        PRIMARY KEY(model_key, content_hash)) WITHOUT ROWID;
+    CREATE TABLE downloads(
+        url TEXT PRIMARY KEY, status TEXT NOT NULL, reason TEXT,
+        item_path TEXT, content_hash TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+        updated_at TEXT);
+    """,
+]
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Item:
+    id: int
+    path: str
+    size: int | None
+    mtime: float | None
+    content_hash: str | None
+    width: int | None
+    height: int | None
+    status: str
+    source_url: str | None = None
+    caption: str | None = None
+
+
+_ITEM_COLS = "id, path, size, mtime, content_hash, width, height, status, source_url, caption"
+
+
+class Catalog:
+    """A connection to one dataset's catalog."""
+
+    def __init__(self, paths: DatasetPaths, create: bool = False):
+        self.paths = paths
+        if not create and not paths.catalog.exists():
+            raise CatalogError(f"Catalog missing: {paths.catalog}")
+        paths.home.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(str(paths.catalog), timeout=30, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+
+    # -- lifecycle
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "Catalog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise CatalogError(
+                f"Catalog {self.paths.catalog} has schema version {version}, newer than this "
+                f"stylesearch understands ({SCHEMA_VERSION}).",
+                "Upgrade stylesearch to open this dataset.",
+            )
+        for target in range(version, SCHEMA_VERSION):
+            with self.transaction():
+                for statement in _MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA user_version={target + 1}")
+
+    def transaction(self):
+        return _Transaction(self.conn)
+
+    # -- items
+    def upsert_item(self, path: str, **fields) -> int:
+        """Insert or update an item by relative path; returns its id."""
+        fields = {k: v for k, v in fields.items() if k in _ITEM_COLS.split(", ")}
+        row = self.conn.execute("SELECT id FROM items WHERE path=?", (path,)).fetchone()
+        stamp = now_iso()
+        if row:
+            sets = ", ".join(f"{k}=?" for k in fields) + (", " if fields else "") + "updated_at=?"
+            self.conn.execute(f"UPDATE items SET {sets} WHERE id=?", (*fields.values(), stamp, row[0]))
+            return row[0]
+        cols = ["path", *fields, "added_at", "updated_at"]
+        marks = ", ".join("?" for _ in cols)
+        cur = self.conn.execute(
+            f"INSERT INTO items({', '.join(cols)}) VALUES({marks})", (path, *fields.values(), stamp, stamp)
+        )
+        return int(cur.lastrowid)
+
+    def items(self, status: str | None = "ok") -> list[Item]:
+        sql = f"SELECT {_ITEM_COLS} FROM items"
+        args: tuple = ()
+        if status:
+            sql, args = sql + " WHERE status=?", (status,)
+        return [Item(*row) for row in self.conn.execute(sql + " ORDER BY id", args)]
+
+    def items_by_path(self) -> dict[str, Item]:
+        return {item.path: item for item in self.items(status=None)}
+
+    def set_status(self, item_ids: Iterable[int], status: str) -> None:
+        stamp = now_iso()
+        self.conn.executemany(
+            "UPDATE items SET status=?, updated_at=? WHERE id=?", [(status, stamp, i) for i in item_ids]
+        )
+
+    def item(self, ref: str | int) -> Item:
+        """Find an item by numeric id or relative path."""
+        text = str(ref)
+        if text.isdigit():
+            row = self.conn.execute(f"SELECT {_ITEM_COLS} FROM items WHERE id=?", (int(text),)).fetchone()
+        else:
+            row = self.conn.execute(f"SELECT {_ITEM_COLS} FROM items WHERE path=?", (text,)).fetchone()
+        if not row:
+            raise ItemNotFound(f"No item {text!r} in dataset {self.paths.name!r}.",
+                               "Use an id or path as shown by `stylesearch search --format tsv`.")
+        return Item(*row)
+
+    def items_with_hash(self, content_hash: str) -> list[Item]:
+        rows = self.conn.execute(f"SELECT {_ITEM_COLS} FROM items WHERE content_hash=?", (content_hash,))
+        return [Item(*r) for r in rows]
+
+    def status_counts(self) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT status, COUNT(*) FROM items GROUP BY status").fetchall())
+
+    # -- models and vectors
+    def ensure_model(self, model_key: str, model_name: str, pretrained: str, dim: int, dtype: str) -> None:
+        row = self.conn.execute("SELECT dim, dtype FROM models WHERE model_key=?", (model_key,)).fetchone()
+        if row is None:
+            self.conn.execute(
+                "INSERT INTO models VALUES(?,?,?,?,?,?)", (model_key, model_name, pretrained, dim, dtype, now_iso())
+            )
+        elif row[0] != dim:
+            raise CatalogError(f"Model key {model_key!r} has dim {row[0]} in the catalog but the model gives {dim}.")
+
+    def models(self) -> list[dict]:
+        rows = self.conn.execute(
+            "SELECT m.model_key, m.model_name, m.pretrained, m.dim, m.dtype, m.created_at, "
+            "(SELECT COUNT(*) FROM vectors v WHERE v.model_key=m.model_key) FROM models m ORDER BY m.created_at"
+        ).fetchall()
+        keys = ["model_key", "model_name", "pretrained", "dim", "dtype", "created_at", "vectors"]
+        return [dict(zip(keys, r)) for r in rows]
+
+    def model(self, model_key: str) -> dict | None:
+        return next((m for m in self.models() if m["model_key"] == model_key), None)
+
+    def hashes_with_vectors(self, model_key: str) -> set[str]:
+        rows = self.conn.execute("SELECT content_hash FROM vectors WHERE model_key=?", (model_key,))
+        return {r[0] for r in rows}
+
+    def put_vectors(self, model_key: str, hashes: Sequence[str], vectors: np.ndarray, dtype: str) -> None:
+        data = np.ascontiguousarray(vectors, dtype=np.dtype(dtype))
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO vectors VALUES(?,?,?)",
+            [(model_key, h, data[i].tobytes()) for i, h in enumerate(hashes)],
+        )
+
+    def load_vectors(self, model_key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(item ids, float32 matrix) for every live item that has a vector under `model_key`."""
+        meta = self.model(model_key)
+        if meta is None:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+        rows = self.conn.execute(
+            "SELECT i.id, v.vector FROM items i JOIN vectors v ON v.content_hash=i.content_hash "
+            "AND v.model_key=? WHERE i.status='ok' ORDER BY i.id",
+            (model_key,),
+        ).fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        buf = b"".join(r[1] for r in rows)
+        mat = np.frombuffer(buf, dtype=np.dtype(meta["dtype"])).reshape(len(rows), meta["dim"])
+        return ids, mat.astype(np.float32)
+
+    def vector_for_item(self, model_key: str, item: Item) -> np.ndarray:
+        meta = self.model(model_key)
+        row = self.conn.execute(
+            "SELECT vector FROM vectors WHERE model_key=? AND content_hash=?", (model_key, item.content_hash)
+        ).fetchone()
+        if meta is None or row is None:
+            raise ItemNotFound(f"Item {item.path!r} has no embedding for model {model_key!r}.",
+                               f"Run `stylesearch embed {self.paths.name}` first.")
+        return np.frombuffer(row[0], dtype=np.dtype(meta["dtype"])).astype(np.float32)
+
+    # -- downloads
+    def download_record(self, url: str) -> dict | None:
+        row = self.conn.execute(
+            "SELECT url, status, reason, item_path, content_hash, attempts FROM downloads WHERE url=?", (url,)
+        ).fetchone()
+        keys = ["url", "status", "reason", "item_path", "content_hash", "attempts"]
+        return dict(zip(keys, row)) if row else None
+
+    def record_download(self, url: str, status: str, reason: str | None = None,
+                        item_path: str | None = None, content_hash: str | None = None) -> None:
+        self.conn.execute(
+            "INSERT INTO downloads(url, status, reason, item_path, content_hash, attempts, updated_at) "
+            "VALUES(?,?,?,?,?,1,?) ON CONFLICT(url) DO UPDATE SET status=excluded.status, "
+            "reason=excluded.reason, item_path=excluded.item_path, content_hash=excluded.content_hash, "
+            "attempts=downloads.attempts+1, updated_at=excluded.updated_at",
+            (url, status, reason, item_path, content_hash, now_iso()),
+        )
+
+    def download_counts(self) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT status, COUNT(*) FROM downloads GROUP BY status").fetchall())
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, *_):
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def open_catalog(paths: DatasetPaths, create: bool = False) -> Catalog:
+    return Catalog(paths, create=create)

@@ -1,0 +1,139 @@
+"""Shared CLI pieces: global state, option types, output formatting, TTY progress."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Iterable, Sequence
+
+import typer
+
+
+@dataclass
+class State:
+    root: str | None = None
+    verbose: bool = False
+
+
+STATE = State()
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    tsv = "tsv"
+    paths = "paths"
+
+
+def log(message: str) -> None:
+    """Human-readable progress/log line on stderr (never stdout)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def warn_list(warnings: Sequence[str], limit: int = 10) -> None:
+    for line in warnings[:limit]:
+        log(f"warning: {line}")
+    if len(warnings) > limit:
+        log(f"warning: ... and {len(warnings) - limit} more")
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def emit_rows(rows: Sequence[dict], columns: Sequence[str], fmt: OutputFormat, title: str | None = None,
+              path_key: str = "path") -> None:
+    """Print records as a table, json, jsonl, tsv, or bare paths."""
+    out = sys.stdout
+    if fmt is OutputFormat.json:
+        print_json(list(rows))
+    elif fmt is OutputFormat.jsonl:
+        for row in rows:
+            out.write(json.dumps(row, sort_keys=True, default=str) + "\n")
+    elif fmt is OutputFormat.tsv:
+        out.write("\t".join(columns) + "\n")
+        for row in rows:
+            out.write("\t".join(_cell(row.get(c)) for c in columns) + "\n")
+    elif fmt is OutputFormat.paths:
+        for row in rows:
+            out.write(f"{row[path_key]}\n")
+    else:
+        _rich_table(rows, columns, title)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value).replace("\t", " ").replace("\n", " ")
+
+
+def _rich_table(rows: Sequence[dict], columns: Sequence[str], title: str | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(row.get(c)) for c in columns))
+    Console(file=sys.stdout, soft_wrap=False).print(table)
+
+
+class RichProgress:
+    """Rich progress bar on stderr; used only when stderr is a terminal."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=Console(file=sys.stderr), transient=True,
+        )
+        self._task = None
+
+    def start(self, description: str, total: int | None) -> None:
+        if self._task is None:
+            self._progress.start()
+        else:
+            self._progress.remove_task(self._task)
+        self._task = self._progress.add_task(description, total=total)
+
+    def advance(self, n: int = 1) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task, n)
+
+    def finish(self) -> None:
+        if self._task is not None:
+            self._progress.stop()
+            self._task = None
+
+
+def make_progress(quiet: bool = False):
+    """A rich progress bar when stderr is a TTY and not quiet; otherwise None (no output)."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    return RichProgress()
+
+
+def summary(result: dict, as_json: bool, title: str) -> None:
+    """Summary of a run: JSON on stdout with --json, else a short line on stderr."""
+    if as_json:
+        print_json(result)
+        return
+    parts = ", ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, (list, dict)))
+    log(f"{title}: {parts}")
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise typer.BadParameter(message)
+
+
+def comma_list(values: Iterable[str] | None) -> list[str]:
+    return [v for raw in values or [] for v in raw.split(",") if v]

@@ -1,0 +1,62 @@
+"""`stylesearch datasets` and `stylesearch info`."""
+
+from __future__ import annotations
+
+import typer
+
+from .common import STATE, OutputFormat, emit_rows, print_json
+
+
+def datasets(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List datasets with their item counts."""
+    from ..dataset import list_datasets
+
+    rows = list_datasets(STATE.root)
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        row["models"] = ", ".join(row["models"])
+    emit_rows(rows, ["name", "items", "deleted", "corrupt", "models", "path"], OutputFormat.table)
+
+
+def info(
+    dataset: str = typer.Argument(..., help="Dataset name."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show a dataset's paths, item counts, models, index, labels and learned weights."""
+    from ..dataset import describe
+
+    data = describe(dataset, STATE.root)
+    if as_json:
+        print_json(data)
+        return
+    _print_info(data)
+
+
+def _print_info(data: dict) -> None:
+    lines = [f"dataset   {data['name']}", f"home      {data['paths']['home']}"]
+    items = data["items"]
+    lines.append(f"items     {items['ok']} ok, {items['deleted']} deleted, {items['corrupt']} corrupt")
+    if data["downloads"]:
+        lines.append("downloads " + ", ".join(f"{v} {k}" for k, v in sorted(data["downloads"].items())))
+    lines.append(f"labels    {data['labels']['judgments']} judgments in {data['paths']['triplets']}")
+    if data.get("thumbnails"):
+        lines.append(f"thumbs    max side {data['thumbnails'].get('max_side')} in {data['paths']['thumbs']}")
+    for model in data["models"]:
+        lines.append(f"model     {model['model_key']}  dim={model['dim']} vectors={model['vectors']} ({model['dtype']})")
+        index = model.get("index")
+        if index:
+            lines.append(f"  index   {index['kind']} with {index['count']} vectors, built {index['built_at']}")
+        metric = model.get("metric")
+        if metric:
+            lines.append(f"  weights trained on {metric['train_triplets']} triplets, held-out agreement "
+                         f"{metric['agreement_before']:.3f} -> {metric['agreement_after']:.3f}")
+    print("\n".join(lines))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("datasets")(datasets)
+    app.command("info")(info)

@@ -1,0 +1,74 @@
+"""The `stylesearch` command group. Thin: parse, call the library, format.
+
+Nothing heavy (torch, open_clip, faiss, umap, textual) is imported at module level,
+so `--help` and shell completion stay fast.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Optional
+
+import typer
+
+from ..errors import StyleSearchError
+from . import datasets_cmd, demo_cmd, embed_cmd, ingest_cmd, learn_cmd, projection_cmd, search_cmd
+from .common import STATE
+
+app = typer.Typer(
+    name="stylesearch",
+    help="Explore and search image collections by visual style with CLIP embeddings, "
+    "and learn a personal similarity metric from your own judgments.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        print(f"stylesearch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    root: Optional[str] = typer.Option(
+        None, "--root", envvar="STYLESEARCH_HOME", help="Folder holding the datasets (default ./datasets)."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks and more logging."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    STATE.root = root
+    STATE.verbose = verbose
+
+
+for module in (datasets_cmd, demo_cmd, ingest_cmd, embed_cmd, search_cmd, learn_cmd, projection_cmd):
+    module.register(app)
+
+
+def main() -> None:
+    """Console entry point: runs the app and turns errors into one message and an exit code."""
+    try:
+        app(prog_name="stylesearch")
+    except StyleSearchError as exc:
+        if STATE.verbose:
+            traceback.print_exc()
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(exc.hint, file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.stderr.close()
+        sys.exit(0)
+    except Exception as exc:  # a bug: say so in one line unless --verbose
+        if STATE.verbose:
+            traceback.print_exc()
+        print(f"error: unexpected {type(exc).__name__}: {exc} (run with --verbose for details)", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,73 @@
+"""Dataset-level views: listing datasets and describing one (paths, models, index, labels, weights)."""
+
+from __future__ import annotations
+
+import os
+
+from .catalog import open_catalog
+from .storage import DatasetPaths, datasets_root, existing_dataset, list_dataset_names, read_json
+
+
+def create_dataset(paths: DatasetPaths) -> None:
+    """Create the folder layout and an empty catalog (idempotent)."""
+    paths.images.mkdir(parents=True, exist_ok=True)
+    open_catalog(paths, create=True).close()
+
+
+def list_datasets(root: str | os.PathLike | None = None) -> list[dict]:
+    """Name, path and item counts of every dataset under the root."""
+    out = []
+    for name in list_dataset_names(root):
+        paths = existing_dataset(name, root)
+        with open_catalog(paths) as cat:
+            counts = cat.status_counts()
+            models = cat.models()
+        out.append({
+            "name": name,
+            "path": str(paths.home),
+            "items": counts.get("ok", 0),
+            "deleted": counts.get("deleted", 0),
+            "corrupt": counts.get("corrupt", 0),
+            "models": [m["model_key"] for m in models],
+        })
+    return out
+
+
+def count_lines(path) -> int:
+    try:
+        with open(path, "rb") as fh:
+            return sum(1 for line in fh if line.strip())
+    except FileNotFoundError:
+        return 0
+
+
+def describe(name: str, root: str | os.PathLike | None = None) -> dict:
+    """Everything worth knowing about one dataset, as plain data."""
+    paths = existing_dataset(name, root)
+    with open_catalog(paths) as cat:
+        counts = cat.status_counts()
+        models = cat.models()
+        downloads = cat.download_counts()
+    for model in models:
+        key = model["model_key"]
+        model["index"] = read_json(paths.index_dir(key) / "index.json")
+        model["metric"] = read_json(paths.metric_dir(key) / "weights.json")
+    return {
+        "name": name,
+        "root": str(datasets_root(root)),
+        "paths": {
+            "home": str(paths.home),
+            "catalog": str(paths.catalog),
+            "images": str(paths.images),
+            "thumbs": str(paths.thumbs),
+            "atlas": str(paths.atlas),
+            "triplets": str(paths.triplets),
+        },
+        "items": {"ok": counts.get("ok", 0), "deleted": counts.get("deleted", 0),
+                  "corrupt": counts.get("corrupt", 0)},
+        "downloads": downloads,
+        "models": models,
+        "labels": {"judgments": count_lines(paths.triplets)},
+        "thumbnails": read_json(paths.thumbs / ".transform.json"),
+        "atlas": read_json(paths.atlas / "manifest.json", {}).get("pages") if paths.atlas.exists() else None,
+    }

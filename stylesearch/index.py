@@ -1,0 +1,218 @@
+"""FAISS indexes (flat, HNSW, IVF, IVF-PQ) on normalised vectors, written atomically.
+
+Layout per model: index/<model_key>/index.json (sidecar, replaced last) naming the
+`index-<stamp>.faiss` and `members-<stamp>.npz` files it belongs to, so a reader never
+sees a half-written index, and readers holding the old files keep working.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+
+from .catalog import open_catalog
+from .errors import NotReady, UserError
+from .progress import Progress, or_null
+from .storage import DatasetPaths, atomic_path, atomic_write_json, read_json, writer_lock
+
+KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 96
+IVF_NPROBE = 16
+
+
+def choose_kind(count: int) -> str:
+    """Like autofaiss: exact search while it is cheap, graph for medium, inverted lists for large."""
+    if count < 20_000:
+        return "flat"
+    if count < 2_000_000:
+        return "hnsw"
+    return "ivf" if count < 10_000_000 else "ivfpq"
+
+
+def _hash_keys(hashes) -> np.ndarray:
+    return np.array([h[:16] for h in hashes], dtype="S16")
+
+
+def _new_index(kind: str, dim: int, train: np.ndarray):
+    import faiss
+
+    if kind == "flat":
+        base = faiss.IndexFlatIP(dim)
+    elif kind == "hnsw":
+        base = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        base.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    else:
+        nlist = int(min(max(1, 4 * math.sqrt(len(train))), max(1, len(train) // 39)))
+        quantizer = faiss.IndexFlatIP(dim)
+        if kind == "ivf":
+            base = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            m = next(m for m in (64, 32, 16, 8, 4, 2, 1) if dim % m == 0)
+            base = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        sample = train[np.random.default_rng(0).permutation(len(train))[: 256 * nlist]]
+        base.train(np.ascontiguousarray(sample))
+    return faiss.IndexIDMap2(base)
+
+
+def _tune(index, kind: str) -> None:
+    import faiss
+
+    base = faiss.downcast_index(index.index)
+    if kind == "hnsw":
+        base.hnsw.efSearch = HNSW_EF_SEARCH
+    elif kind in ("ivf", "ivfpq"):
+        base.nprobe = IVF_NPROBE
+
+
+@dataclass
+class LoadedIndex:
+    index: object
+    meta: dict
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = max(1, min(k, self.index.ntotal))
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors for item ids (exact for flat/HNSW/IVF, approximate for IVF-PQ)."""
+        return np.stack([self.index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, 0))
+
+
+def load_index(paths: DatasetPaths, model_key: str) -> LoadedIndex | None:
+    """The current index of a model, or None if none was built. Retries once if swapped mid-read."""
+    import faiss
+
+    for _ in range(2):
+        meta = read_json(paths.index_dir(model_key) / "index.json")
+        if meta is None:
+            return None
+        try:
+            index = faiss.read_index(str(paths.index_dir(model_key) / meta["file"]))
+        except RuntimeError:
+            continue
+        if meta["kind"] in ("ivf", "ivfpq"):
+            faiss.extract_index_ivf(index.index).make_direct_map()
+        _tune(index, meta["kind"])
+        return LoadedIndex(index, meta)
+    raise NotReady(f"Index of {model_key} could not be read.", f"Rebuild it: `stylesearch index {paths.name}`.")
+
+
+def build_index(paths: DatasetPaths, model_key: str, kind: str = "auto", full: bool = False,
+                progress: Progress | None = None, lock: bool = True) -> dict:
+    """Build or update the index of one model; returns the sidecar metadata.
+
+    New vectors are added to the existing index when its kind allows; changed or deleted
+    items are removed where the kind supports removal, else the index is rebuilt when stale.
+    """
+    if kind not in KINDS:
+        raise UserError(f"Unknown index kind {kind!r}.", f"Choose one of: {', '.join(KINDS)}.")
+    guard = writer_lock(paths) if lock else contextlib.nullcontext()
+    with guard:
+        with open_catalog(paths) as catalog:
+            model = catalog.model(model_key)
+            ids, vectors = catalog.load_vectors(model_key)
+            hashes = catalog.conn.execute(
+                "SELECT i.content_hash FROM items i JOIN vectors v ON v.content_hash=i.content_hash AND "
+                "v.model_key=? WHERE i.status='ok' ORDER BY i.id", (model_key,)).fetchall()
+        if model is None or not len(ids):
+            raise NotReady(f"No embeddings for model {model_key} in {paths.name!r}.",
+                           f"Run `stylesearch embed {paths.name}` first.")
+        keys = _hash_keys(h[0] for h in hashes)
+        resolved = choose_kind(len(ids)) if kind == "auto" else kind
+        return _write(paths, model, ids, keys, vectors, resolved, full, or_null(progress))
+
+
+def _incremental_plan(paths: DatasetPaths, model_key: str, kind: str, ids, keys):
+    """(existing index, mask of rows to add, ids to remove) or None when a full build is needed."""
+    old = load_index(paths, model_key)
+    if old is None or old.meta["kind"] != kind:
+        return None
+    members = np.load(paths.index_dir(model_key) / old.meta["members"])
+    old_pairs = set(zip(members["ids"].tolist(), members["keys"].tolist()))
+    new_pairs = set(zip(ids.tolist(), keys.tolist()))
+    stale = old_pairs - new_pairs
+    to_add = np.array([(i, k) not in old_pairs for i, k in zip(ids.tolist(), keys.tolist())], dtype=bool)
+    changed = {i for i, _ in stale} & {int(i) for i in ids[to_add]}
+    if len(stale) > 0.2 * max(1, len(old_pairs)) or (kind == "hnsw" and changed):
+        return None
+    removable = kind != "hnsw"
+    return old, to_add, np.array(sorted(i for i, _ in stale), dtype=np.int64) if removable else None, members
+
+
+def _write(paths, model, ids, keys, vectors, kind, full, progress) -> dict:
+    import faiss
+
+    key = model["model_key"]
+    plan = None if full else _incremental_plan(paths, key, kind, ids, keys)
+    progress.start(f"indexing ({kind})", len(ids))
+    if plan is None:
+        index = _new_index(kind, vectors.shape[1], vectors)
+        _add(index, ids, vectors, progress)
+        member_ids, member_keys, mode = ids, keys, "full"
+    else:
+        old, to_add, remove, members = plan
+        index = old.index
+        if remove is not None and len(remove):
+            index.remove_ids(remove)
+        _add(index, ids[to_add], vectors[to_add], progress)
+        keep = ~np.isin(members["ids"], remove) if remove is not None else np.ones(len(members["ids"]), bool)
+        member_ids = np.concatenate([members["ids"][keep], ids[to_add]])
+        member_keys = np.concatenate([members["keys"][keep], keys[to_add]])
+        mode = f"incremental (+{int(to_add.sum())})"
+    progress.finish()
+    return _save(paths, model, index, member_ids, member_keys, kind, mode)
+
+
+def _add(index, ids, vectors, progress, chunk: int = 20_000) -> None:
+    for start in range(0, len(ids), chunk):
+        index.add_with_ids(np.ascontiguousarray(vectors[start:start + chunk]), ids[start:start + chunk])
+        progress.advance(len(ids[start:start + chunk]))
+
+
+def _save(paths, model, index, member_ids, member_keys, kind, mode) -> dict:
+    import faiss
+
+    folder = paths.index_dir(model["model_key"])
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + f"-{time.monotonic_ns() % 10**6:06d}"
+    old_meta = read_json(folder / "index.json")
+    with atomic_path(folder / f"index-{stamp}.faiss") as tmp:
+        faiss.write_index(index, str(tmp))
+    with atomic_path(folder / f"members-{stamp}.npz", suffix=".npz") as tmp:
+        np.savez(tmp, ids=member_ids, keys=member_keys)
+    meta = {
+        "model_key": model["model_key"], "model": model["model_name"], "pretrained": model["pretrained"],
+        "dim": int(model["dim"]), "kind": kind, "count": int(index.ntotal), "mode": mode,
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "file": f"index-{stamp}.faiss", "members": f"members-{stamp}.npz",
+    }
+    atomic_write_json(folder / "index.json", meta)
+    if old_meta:
+        for name in (old_meta["file"], old_meta["members"]):
+            (folder / name).unlink(missing_ok=True)
+    return meta
+
+
+def check_recall(paths: DatasetPaths, model_key: str, sample: int = 200, k: int = 10, seed: int = 0) -> float:
+    """recall@k of the stored index against exact inner-product search, on sampled queries."""
+    loaded = load_index(paths, model_key)
+    if loaded is None:
+        raise NotReady(f"No index for {model_key}.", f"Run `stylesearch index {paths.name}`.")
+    with open_catalog(paths) as catalog:
+        ids, vectors = catalog.load_vectors(model_key)
+    return recall_at_k(loaded, ids, vectors, sample, k, seed)
+
+
+def recall_at_k(loaded: LoadedIndex, ids: np.ndarray, vectors: np.ndarray, sample: int = 200, k: int = 10,
+                seed: int = 0) -> float:
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(ids), size=min(sample, len(ids)), replace=False)
+    queries = vectors[pick]
+    exact = ids[np.argsort(-(queries @ vectors.T), axis=1)[:, :k]]
+    _, found = loaded.search(queries, k)
+    hits = sum(len(set(e) & set(f)) for e, f in zip(exact.tolist(), found.tolist()))
+    return hits / float(exact.size)

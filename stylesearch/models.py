@@ -108,12 +108,17 @@ def _register_configs() -> None:
         open_clip.add_model_config(_CONFIG_DIR)
 
 
-def _hub_file(repo_id: str, filenames: list[str], cache_dir: str | None = None) -> str | None:
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _hub_file(repo_id: str, filenames: list[str], cache_dir: str | None = None,
+              allow_download: bool = True) -> str | None:
     """First of `filenames` found in the HF cache, else downloaded (unless offline); None if neither."""
     from huggingface_hub import hf_hub_download
 
     for local_only in (True, False):
-        if not local_only and os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        if not local_only and (_offline() or not allow_download):
             break
         for filename in filenames:
             try:
@@ -129,7 +134,8 @@ def _weight_names(filename: str) -> list[str]:
     return names + [filename]
 
 
-def resolve_tag_checkpoint(name: str, tag: str, cache_dir: str | None = None) -> tuple[str, dict]:
+def resolve_tag_checkpoint(name: str, tag: str, cache_dir: str | None = None,
+                           allow_download: bool = True) -> tuple[str, dict]:
     """Checkpoint path and pretrained config of an open_clip pretrained tag."""
     from open_clip import list_pretrained_tags_by_model
     from open_clip.pretrained import get_pretrained_cfg
@@ -142,7 +148,7 @@ def resolve_tag_checkpoint(name: str, tag: str, cache_dir: str | None = None) ->
     path = None
     if cfg.get("hf_hub"):
         repo_id, filename = os.path.split(cfg["hf_hub"])
-        path = _hub_file(repo_id, _weight_names(filename or "open_clip_pytorch_model.bin"), cache_dir)
+        path = _hub_file(repo_id, _weight_names(filename or "open_clip_pytorch_model.bin"), cache_dir, allow_download)
     elif cfg.get("url"):
         cached = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(cfg["url"])
         path = str(cached) if cached.is_file() else None
@@ -152,6 +158,18 @@ def resolve_tag_checkpoint(name: str, tag: str, cache_dir: str | None = None) ->
             _FIX_HINT,
         )
     return path, cfg
+
+
+def weights_cached(spec: ModelSpec) -> bool:
+    """Whether the spec's pretrained weights are on this machine (never touches the network)."""
+    _register_configs()
+    if spec.pretrained in (None, RANDOM) or os.path.isfile(spec.pretrained or ""):
+        return True
+    try:
+        resolve_tag_checkpoint(spec.name, spec.pretrained, allow_download=False)
+        return True
+    except (ModelWeightsMissing, UserError):
+        return False
 
 
 def _check_schema_weights(spec: ModelSpec) -> None:

@@ -1,7 +1,106 @@
-"""placeholder"""
+"""`stylesearch download`, `transform` and `atlas`."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Optional
 
 import typer
 
+from .common import STATE, make_progress, summary, warn_list
+
+
+class ListFormat(str, Enum):
+    txt = "txt"
+    csv = "csv"
+    tsv = "tsv"
+    jsonl = "jsonl"
+
+
+class ThumbFormat(str, Enum):
+    jpeg = "jpeg"
+    webp = "webp"
+    png = "png"
+
+
+class AtlasOrder(str, Enum):
+    path = "path"
+    umap = "umap"
+
+
+def download(
+    dataset: str = typer.Argument(..., help="Dataset name (created if missing)."),
+    source: Optional[str] = typer.Argument(None, help="URL list file (txt/csv/tsv/jsonl) or '-' for stdin."),
+    list_format: Optional[ListFormat] = typer.Option(None, "--list-format", help="Override format detection."),
+    sample: Optional[str] = typer.Option(None, "--sample", help="Sample source instead of a list: picsum."),
+    count: int = typer.Option(100, "--count", help="How many sample images."),
+    workers: int = typer.Option(16, "--workers", min=1, help="Concurrent downloads."),
+    per_host: int = typer.Option(4, "--per-host", min=1, help="Concurrent requests per host."),
+    host_delay: float = typer.Option(0.0, "--host-delay", help="Seconds between requests to one host."),
+    retries: int = typer.Option(3, "--retries", min=0, help="Retries on 429/5xx/timeouts."),
+    timeout: float = typer.Option(20.0, "--timeout", help="Per-request timeout in seconds."),
+    min_side: int = typer.Option(32, "--min-side", help="Reject images with a smaller side."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Retry URLs that failed permanently before."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Download images from a URL list or a sample source (resumable, validated, deduplicated)."""
+    from ..download import DownloadOptions
+    from ..download import download as run_download
+    from ..sources import read_source, sample_entries
+    from ..storage import dataset_paths
+
+    if (source is None) == (sample is None):
+        raise typer.BadParameter("Give either SOURCE (a file or '-') or --sample NAME.")
+    if sample:
+        entries, malformed = sample_entries(sample, count), 0
+    else:
+        entries, malformed = read_source(source, list_format.value if list_format else None)
+    options = DownloadOptions(workers=workers, per_host=per_host, host_delay=host_delay, retries=retries,
+                              timeout=timeout, min_side=min_side, retry_failed=retry_failed)
+    result = run_download(dataset_paths(dataset, STATE.root), entries, options, make_progress(), malformed)
+    warn_list(result.warnings)
+    summary(result.as_dict(), as_json, "download")
+
+
+def transform(
+    dataset: str = typer.Argument(..., help="Dataset name."),
+    max_side: int = typer.Option(336, "--max-side", help="Longest side of a thumbnail in pixels."),
+    fmt: ThumbFormat = typer.Option(ThumbFormat.jpeg, "--format", help="Thumbnail file format."),
+    quality: int = typer.Option(85, "--quality", min=1, max=100),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default: one per core)."),
+    force: bool = typer.Option(False, "--force", help="Remake every thumbnail."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Make thumbnails (EXIF-aware, folder tree kept, incremental, parallel)."""
+    from ..storage import existing_dataset
+    from ..transform import TransformOptions, transform_dataset
+
+    paths = existing_dataset(dataset, STATE.root)
+    result = transform_dataset(paths, TransformOptions(max_side, fmt.value, quality, workers, force), make_progress())
+    warn_list(result.warnings)
+    summary(result.as_dict(), as_json, "transform")
+
+
+def atlas(
+    dataset: str = typer.Argument(..., help="Dataset name."),
+    tile: int = typer.Option(64, "--tile", min=4, help="Tile size in pixels."),
+    padding: int = typer.Option(2, "--padding", min=0),
+    max_size: int = typer.Option(4096, "--max-size", help="Largest page side; more pages when exceeded."),
+    order: AtlasOrder = typer.Option(AtlasOrder.path, "--order", help="path, or umap (after umap-export)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest summary as JSON on stdout."),
+) -> None:
+    """Render sprite atlas PNG page(s) and a JSON manifest."""
+    from ..atlas import AtlasOptions, build_atlas
+    from ..storage import existing_dataset
+
+    paths = existing_dataset(dataset, STATE.root)
+    manifest = build_atlas(paths, AtlasOptions(tile, padding, max_size, order.value), make_progress())
+    result = {"pages": len(manifest["pages"]), "items": manifest["count"], "skipped": len(manifest["skipped"]),
+              "manifest": str(paths.atlas / "manifest.json")}
+    summary(result, as_json, "atlas")
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("download")(download)
+    app.command("transform")(transform)
+    app.command("atlas")(atlas)

@@ -1,7 +1,60 @@
-"""placeholder"""
+"""`stylesearch umap-export`."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
 
 import typer
 
+from .common import STATE, log, make_progress
+
+
+class CoordFormat(str, Enum):
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+def umap_export(
+    dataset: str = typer.Argument(..., help="Dataset name."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Coordinates file (default: stdout)."),
+    fmt: Optional[CoordFormat] = typer.Option(None, "--format", help="csv, json or parquet (default: by suffix)."),
+    png: Optional[Path] = typer.Option(None, "--png", help="Also draw a thumbnail map of the collection."),
+    png_size: int = typer.Option(2048, "--png-size", help="Map width/height in pixels."),
+    thumb: int = typer.Option(48, "--thumb", help="Thumbnail size on the map."),
+    neighbors: int = typer.Option(15, "--neighbors", min=2),
+    min_dist: float = typer.Option(0.1, "--min-dist", min=0.0),
+    seed: int = typer.Option(42, "--seed", help="Random seed (same seed, same output)."),
+    raw: bool = typer.Option(False, "--raw", help="Ignore learned metric weights."),
+    model: Optional[str] = typer.Option(None, "--model", "-m"),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", "-p"),
+) -> None:
+    """2D UMAP coordinates of every embedded item (csv/json/parquet) and an optional thumbnail map PNG."""
+    from ..projection import UmapOptions, format_coords, project_dataset, render_map, write_coords
+    from ..storage import existing_dataset
+    from .embed_cmd import resolve_model_key
+
+    paths = existing_dataset(dataset, STATE.root)
+    key = resolve_model_key(paths, model, pretrained)
+    chosen = (fmt.value if fmt else None) or (output.suffix.lstrip(".") if output else "csv")
+    if chosen not in ("csv", "json", "parquet"):
+        raise typer.BadParameter(f"Cannot tell the format from {output}; pass --format.")
+    rows = project_dataset(paths, key, UmapOptions(neighbors, min_dist, seed, raw=raw), make_progress())
+    if output:
+        write_coords(rows, output, chosen)
+        log(f"umap-export: {len(rows)} points -> {output}")
+    elif chosen == "parquet":
+        raise typer.BadParameter("Parquet is binary: write it to a file with -o.")
+    else:
+        sys.stdout.write(format_coords(rows, chosen).decode())
+    if png:
+        drawn = render_map(paths, rows, png, png_size, thumb)
+        log(f"umap-export: map {png} with {drawn['placed']} thumbnails "
+            f"({drawn['hidden_overlaps']} hidden by overlap)")
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("umap-export")(umap_export)

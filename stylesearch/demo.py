@@ -1,0 +1,45 @@
+"""The offline end-to-end demo: sample images -> thumbnails -> atlas -> embed -> index -> search -> map."""
+
+from __future__ import annotations
+
+from .atlas import AtlasOptions, build_atlas
+from .dataset import create_dataset
+from .embed import EmbedOptions, embed_dataset
+from .index import build_index
+from .models import DEFAULT_MODEL, DEFAULT_PRETRAINED, RANDOM, ModelSpec, weights_cached
+from .progress import Progress
+from .projection import UmapOptions, project_dataset, render_map
+from .samples import write_samples
+from .search import Term, search
+from .storage import DatasetPaths
+from .transform import TransformOptions, transform_dataset
+
+FALLBACK = ModelSpec("stylesearch-tiny", RANDOM)
+
+
+def demo_model() -> tuple[ModelSpec, bool]:
+    """The default CLIP model if its weights are cached, else a small random-init model."""
+    default = ModelSpec(DEFAULT_MODEL, DEFAULT_PRETRAINED)
+    return (default, True) if weights_cached(default) else (FALLBACK, False)
+
+
+def run_demo(paths: DatasetPaths, count: int = 90, spec: ModelSpec | None = None,
+             progress: Progress | None = None, map_png: bool = True) -> dict:
+    """Run every step on locally generated images; returns what each step produced."""
+    pretrained = True
+    if spec is None:
+        spec, pretrained = demo_model()
+    create_dataset(paths)
+    write_samples(paths.images, count)
+    report: dict = {"dataset": paths.name, "model": spec.key, "pretrained_weights": pretrained}
+    report["transform"] = transform_dataset(paths, TransformOptions(max_side=128), progress).as_dict()
+    report["atlas_pages"] = len(build_atlas(paths, AtlasOptions(tile=48), progress)["pages"])
+    report["embed"] = embed_dataset(paths, spec, options=EmbedOptions(batch_size=32), progress=progress).as_dict()
+    report["index"] = build_index(paths, spec.key, progress=progress)["kind"]
+    first = "warm/stripes-0000.jpg"
+    report["query"] = f"like:{first}"
+    report["results"] = search(paths, [Term(1.0, "like", first)], k=5, spec=spec)
+    if map_png:
+        rows = project_dataset(paths, spec.key, UmapOptions(seed=42), progress)
+        report["map"] = render_map(paths, rows, paths.home / "map.png", size=1024, thumb=48)
+    return report

@@ -1,0 +1,135 @@
+"""Thumbnails: EXIF-aware, reduce-on-decode, folder structure kept, incremental, parallel."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .catalog import open_catalog
+from .errors import UserError
+from .images import BadImage, item_file, load_rgb
+from .progress import Progress, or_null
+from .scan import scan
+from .storage import DatasetPaths, atomic_path, atomic_write_json, read_json, writer_lock
+
+FORMATS = {"jpeg": ".jpg", "webp": ".webp", "png": ".png"}
+PARAMS_FILE = ".transform.json"
+
+
+@dataclass(frozen=True)
+class TransformOptions:
+    max_side: int = 336
+    fmt: str = "jpeg"
+    quality: int = 85
+    workers: int | None = None
+    force: bool = False
+
+
+@dataclass
+class TransformResult:
+    made: int = 0
+    up_to_date: int = 0
+    failed: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"made": self.made, "up_to_date": self.up_to_date, "failed": self.failed}
+
+
+def thumb_relpath(item_path: str, content_hash: str | None, fmt: str) -> str:
+    """Thumbnail path under thumbs/: the item's path with the format's extension."""
+    p = Path(item_path)
+    if p.is_absolute():
+        p = Path("_external") / f"{(content_hash or p.name)[:20]}"
+    return p.with_suffix(FORMATS[fmt]).as_posix()
+
+
+def thumbnail_for(paths: DatasetPaths, item_path: str, content_hash: str | None = None) -> Path:
+    """The item's thumbnail when `transform` made one, else the original file."""
+    params = read_json(paths.thumbs / PARAMS_FILE) or {}
+    if params.get("format") in FORMATS:
+        thumb = paths.thumbs / thumb_relpath(item_path, content_hash, params["format"])
+        if thumb.exists():
+            return thumb
+    return item_file(paths.images, item_path)
+
+
+def make_thumbnail(src: str, dst: str, max_side: int, fmt: str, quality: int) -> str | None:
+    """Write one thumbnail atomically; returns an error message instead of raising."""
+    from PIL import Image
+
+    try:
+        img = load_rgb(src, draft=max_side)
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        with atomic_path(dst, suffix=FORMATS[fmt]) as tmp:
+            img.save(tmp, format=fmt.upper(), quality=quality, **({"optimize": True} if fmt == "png" else {}))
+        return None
+    except BadImage as exc:
+        return exc.message
+    except OSError as exc:
+        return str(exc)
+
+
+def _make_one(task: tuple) -> str | None:
+    return make_thumbnail(*task)
+
+
+def transform_dataset(paths: DatasetPaths, options: TransformOptions = TransformOptions(),
+                      progress: Progress | None = None, lock: bool = True) -> TransformResult:
+    """Make thumbnails for every live item that has none or an outdated one."""
+    if options.fmt not in FORMATS:
+        raise UserError(f"Unknown thumbnail format {options.fmt!r}.", f"Choose one of {', '.join(FORMATS)}.")
+    if options.max_side < 8:
+        raise UserError("--max-side must be at least 8 pixels.")
+    guard = writer_lock(paths) if lock else contextlib.nullcontext()
+    with guard, open_catalog(paths) as catalog:
+        scan(catalog)
+        items = catalog.items("ok")
+    params = {"max_side": options.max_side, "format": options.fmt, "quality": options.quality}
+    rebuild = options.force or read_json(paths.thumbs / PARAMS_FILE) != params
+    result = TransformResult()
+    tasks = []
+    for item in items:
+        src = item_file(paths.images, item.path)
+        dst = paths.thumbs / thumb_relpath(item.path, item.content_hash, options.fmt)
+        if not rebuild and _up_to_date(src, dst):
+            result.up_to_date += 1
+        else:
+            tasks.append((str(src), str(dst), options.max_side, options.fmt, options.quality))
+    _run(tasks, options.workers, or_null(progress), result)
+    atomic_write_json(paths.thumbs / PARAMS_FILE, params)
+    return result
+
+
+def _up_to_date(src: Path, dst: Path) -> bool:
+    try:
+        return dst.stat().st_mtime >= src.stat().st_mtime
+    except OSError:
+        return False
+
+
+def _run(tasks: list[tuple], workers: int | None, progress: Progress, result: TransformResult) -> None:
+    progress.start("thumbnails", len(tasks))
+    workers = workers or os.cpu_count() or 1
+    try:
+        if workers <= 1 or len(tasks) < 8:
+            outcomes = map(_make_one, tasks)
+            _collect(tasks, outcomes, progress, result)
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                _collect(tasks, pool.map(_make_one, tasks, chunksize=8), progress, result)
+    finally:
+        progress.finish()
+
+
+def _collect(tasks, outcomes, progress: Progress, result: TransformResult) -> None:
+    for task, error in zip(tasks, outcomes):
+        if error is None:
+            result.made += 1
+        else:
+            result.failed += 1
+            result.warnings.append(f"{task[0]}: {error}")
+        progress.advance()

@@ -1,0 +1,114 @@
+"""Textual app for judging triplets: the anchor and two options shown inline as images.
+
+Keys: A/← left more similar, B/→ right, S too similar, D anchor too different,
+Space don't know, U undo, Q quit. Every judgment is appended to triplets.jsonl at once.
+"""
+
+from __future__ import annotations
+
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Footer, Header, Static
+
+from ..labelling import LabelSession, option_scores
+
+
+class Pane(Vertical):
+    """One image with a title above and a caption below."""
+
+    DEFAULT_CSS = """
+    Pane { width: 1fr; height: 1fr; border: round $panel; padding: 0 1; }
+    Pane.anchor { border: round $accent; }
+    Pane .title { text-style: bold; width: 100%; content-align: center middle; }
+    Pane .caption { width: 100%; height: 2; content-align: center middle; color: $text-muted; }
+    Pane .picture { width: 100%; height: 1fr; }
+    """
+
+    def __init__(self, title: str, image_widget, **kwargs):
+        super().__init__(**kwargs)
+        self._title = title
+        self._image_widget = image_widget
+
+    def compose(self) -> ComposeResult:
+        yield Static(self._title, classes="title")
+        yield self._image_widget(None, classes="picture")
+        yield Static("", classes="caption")
+
+    def show(self, image_path, caption: str) -> None:
+        self.query_one(".picture").image = str(image_path) if image_path else None
+        self.query_one(".caption", Static).update(caption)
+
+
+class LabelApp(App):
+    """Judge which option is more similar to the anchor."""
+
+    TITLE = "stylesearch label"
+    CSS = """
+    #panes { height: 1fr; }
+    #status { height: 1; padding: 0 1; background: $boost; }
+    #message { height: 1; padding: 0 1; color: $warning; }
+    """
+    BINDINGS = [
+        Binding("a,left", "choose('left')", "A/← left"),
+        Binding("b,right", "choose('right')", "B/→ right"),
+        Binding("s", "choose('too_similar')", "S too similar"),
+        Binding("d", "choose('anchor_different')", "D anchor different"),
+        Binding("space", "choose('unknown')", "Space don't know"),
+        Binding("u", "undo", "U undo"),
+        Binding("q", "quit", "Q quit"),
+    ]
+
+    def __init__(self, session: LabelSession, image_widget=None, strategy: str = "random"):
+        super().__init__()
+        if image_widget is None:
+            from textual_image.widget import Image as image_widget
+        self.session = session
+        self.image_widget = image_widget
+        self.strategy = strategy
+        self.sub_title = f"{session.paths.name} · {session.model_key}"
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False)
+        with Horizontal(id="panes"):
+            yield Pane("Left (A/←)", self.image_widget, id="left")
+            yield Pane("Anchor", self.image_widget, id="anchor", classes="anchor")
+            yield Pane("Right (B/→)", self.image_widget, id="right")
+        yield Static("", id="message")
+        yield Static("", id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.refresh_view()
+
+    def refresh_view(self, message: str = "") -> None:
+        current = self.session.current
+        panes = {name: self.query_one(f"#{name}", Pane) for name in ("anchor", "left", "right")}
+        if current is None:
+            for pane in panes.values():
+                pane.show(None, "")
+            message = message or "No unseen triplets left: press Q to quit (or U to undo)."
+        else:
+            anchor, left, right = current
+            left_score, right_score = option_scores(self.session)
+            panes["anchor"].show(self.session.image_path(anchor), anchor)
+            panes["left"].show(self.session.image_path(left), f"{left}  score {left_score:.3f}")
+            panes["right"].show(self.session.image_path(right), f"{right}  score {right_score:.3f}")
+        self.query_one("#message", Static).update(message)
+        self.query_one("#status", Static).update(self.status_line())
+
+    def status_line(self) -> str:
+        st = self.session.status()
+        c = st["counts"]
+        agree = f"held-out agreement {st['agreement']:.3f}" if st["agreement"] is not None else "no weights yet"
+        return (f"session {st['session']} · total {st['total']} · L {c['left']} R {c['right']} "
+                f"similar {c['too_similar']} different {c['anchor_different']} unknown {c['unknown']} · "
+                f"{agree} · strategy {self.strategy}")
+
+    def action_choose(self, choice: str) -> None:
+        if self.session.judge(choice) is not None:
+            self.refresh_view()
+
+    def action_undo(self) -> None:
+        record = self.session.undo()
+        self.refresh_view("Undone." if record else "Nothing to undo in this session.")

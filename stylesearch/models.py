@@ -255,11 +255,11 @@ def load_model(spec: ModelSpec, device: str = "auto", precision: str = "auto") -
         with _quiet_root_logger(pretrained is None and not spec.has_schema):
             model, _, preprocess = open_clip.create_model_and_transforms(
                 spec.name, pretrained=pretrained, device=device, **kwargs)
-    except RuntimeError as exc:
-        if "size mismatch" in str(exc) or "state_dict" in str(exc) or "Missing key" in str(exc):
-            raise UserError(f"The weights do not fit model {spec.name!r}.",
-                            "Check that --model names the architecture the checkpoint was trained with.") from None
-        raise
+    except (RuntimeError, AssertionError, KeyError, ValueError) as exc:
+        if pretrained is None and not spec.has_schema:
+            raise
+        raise UserError(f"The weights do not fit model {spec.name!r} ({type(exc).__name__}: {str(exc)[:200]}).",
+                        "Check that --model names the architecture the checkpoint was trained with.") from None
     model.eval()
     if device == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))

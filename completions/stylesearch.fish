@@ -1,0 +1,1 @@
+complete --command stylesearch --no-files --arguments "(env _STYLESEARCH_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) stylesearch)" --condition "env _STYLESEARCH_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) stylesearch"

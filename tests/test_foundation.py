@@ -1,0 +1,158 @@
+"""Dataset store, catalog, CLI frame, error convention, lazy imports, completions."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stylesearch.catalog import SCHEMA_VERSION, open_catalog
+from stylesearch.errors import CatalogError, DatasetBusy
+from stylesearch.storage import append_jsonl, atomic_write_json, dataset_paths, writer_lock
+
+from .conftest import make_dataset
+
+HEAVY = ("torch", "open_clip", "faiss", "umap", "textual")
+COMMANDS = ["datasets", "info", "demo", "download", "transform", "atlas", "embed", "index", "reindex",
+            "search", "label", "train", "umap-export"]
+
+
+def test_help_and_every_subcommand_help_import_nothing_heavy():
+    script = (
+        "import sys\n"
+        "from stylesearch.cli.main import app\n"
+        f"for args in [['--help']] + [[c, '--help'] for c in {COMMANDS!r}]:\n"
+        "    try:\n"
+        "        app(args, prog_name='stylesearch')\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, (args, e.code)\n"
+        f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip().splitlines()[-1] == "HEAVY="
+
+
+def test_completion_request_imports_nothing_heavy(tmp_path):
+    env = {**os.environ, "_STYLESEARCH_COMPLETE": "complete_bash", "COMP_WORDS": "stylesearch se",
+           "COMP_CWORD": "1"}
+    script = ("import sys\nfrom stylesearch.cli.main import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+              f"sys.stderr.write('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert "search" in proc.stdout
+    assert proc.stderr.strip().endswith("HEAVY=")
+
+
+def test_datasets_and_info_json(cli, root):
+    make_dataset(root, "alpha", 4)
+    rows = cli.json("datasets", "--json")
+    assert [r["name"] for r in rows] == ["alpha"]
+    assert rows[0]["items"] == 0  # not scanned yet
+    info = cli.json("info", "alpha", "--json")
+    assert info["name"] == "alpha"
+    assert info["paths"]["images"].endswith("alpha/images")
+    assert info["items"] == {"ok": 0, "deleted": 0, "corrupt": 0}
+    human = cli("info", "alpha").stdout
+    assert "dataset   alpha" in human
+
+
+def test_root_option_overrides_environment(cli, tmp_path):
+    other = tmp_path / "elsewhere"
+    make_dataset(other, "beta", 2)
+    rows = cli.json("--root", str(other), "datasets", "--json")
+    assert [r["name"] for r in rows] == ["beta"]
+
+
+def test_user_error_is_one_message_exit_2_no_traceback(cli):
+    proc = cli("info", "nope", check=False)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.startswith("error: No dataset named 'nope'")
+    assert "Traceback" not in proc.stderr
+    verbose = cli("--verbose", "info", "nope", check=False)
+    assert "Traceback" in verbose.stderr and verbose.returncode == 2
+
+
+def test_invalid_dataset_name_is_user_error(cli):
+    proc = cli("info", "../etc", check=False)
+    assert proc.returncode == 2 and "Invalid dataset name" in proc.stderr
+
+
+def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "x.json"
+    atomic_write_json(target, {"a": 1})
+    with pytest.raises(TypeError):
+        atomic_write_json(target, {"a": object()})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_append_jsonl_appends_whole_lines(tmp_path):
+    log = tmp_path / "log.jsonl"
+    for n in range(3):
+        append_jsonl(log, {"n": n})
+    assert [json.loads(line)["n"] for line in log.read_text().splitlines()] == [0, 1, 2]
+
+
+def test_writer_lock_excludes_second_writer(tmp_path):
+    paths = dataset_paths("locked", tmp_path)
+    with writer_lock(paths):
+        with pytest.raises(DatasetBusy) as info:
+            with writer_lock(paths):
+                pass
+    assert info.value.exit_code == 75
+    with writer_lock(paths):  # released again
+        pass
+
+
+def test_concurrent_reindex_exits_quickly_with_code_75(cli, root):
+    paths = make_dataset(root, "busy", 2)
+    with writer_lock(paths):
+        start = time.monotonic()
+        proc = cli("reindex", "busy", check=False)
+        elapsed = time.monotonic() - start
+    assert proc.returncode == 75
+    assert "busy" in proc.stderr and "Traceback" not in proc.stderr
+    assert elapsed < 30  # no model load, no waiting
+
+
+def test_catalog_schema_version_and_newer_schema_refused(tmp_path):
+    paths = dataset_paths("schema", tmp_path)
+    with open_catalog(paths, create=True) as cat:
+        assert cat.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert cat.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn = sqlite3.connect(paths.catalog)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(CatalogError, match="newer"):
+        open_catalog(paths)
+
+
+def test_vectors_of_two_models_coexist(tmp_path):
+    import numpy as np
+
+    paths = dataset_paths("models", tmp_path)
+    with open_catalog(paths, create=True) as cat:
+        item = cat.upsert_item("a.jpg", size=1, mtime=1.0, content_hash="h1", status="ok")
+        for key, dim in (("m1", 4), ("m2", 8)):
+            cat.ensure_model(key, key, "tag", dim, "float32")
+            cat.put_vectors(key, ["h1"], np.ones((1, dim)), "float32")
+        ids1, v1 = cat.load_vectors("m1")
+        ids2, v2 = cat.load_vectors("m2")
+    assert ids1.tolist() == ids2.tolist() == [item]
+    assert v1.shape == (1, 4) and v2.shape == (1, 8)
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_shipped_completions_match_the_cli(shell):
+    shipped = Path(__file__).parent.parent / "completions" / f"stylesearch.{shell}"
+    env = {**os.environ, "_STYLESEARCH_COMPLETE": f"source_{shell}"}
+    proc = subprocess.run([sys.executable, "-c", "from stylesearch.cli.main import main; main()"],
+                          capture_output=True, text=True, env=env)
+    assert proc.stdout.strip(), proc.stderr
+    assert proc.stdout == shipped.read_text(), f"regenerate with: python completions/generate.py"

@@ -12,6 +12,7 @@ from .catalog import Item, open_catalog
 from .errors import NotReady, UserError
 from .images import BadImage, load_rgb
 from .progress import Progress, or_null
+from .scan import scan
 from .storage import DatasetPaths, atomic_path, atomic_write_json, read_json, writer_lock
 from .transform import thumbnail_for
 
@@ -45,6 +46,7 @@ def umap_order(items: list[Item], ids: np.ndarray, coords: np.ndarray, cols: int
 
 def _ordered_items(paths: DatasetPaths, opt: AtlasOptions, cols: int) -> list[Item]:
     with open_catalog(paths) as catalog:
+        scan(catalog)
         items = sorted(catalog.items("ok"), key=lambda it: it.path)
     if opt.order == "path":
         return items

@@ -36,8 +36,30 @@ class Pane(Vertical):
         yield Static("", classes="caption")
 
     def show(self, image_path, caption: str) -> None:
-        self.query_one(".picture").image = str(image_path) if image_path else None
+        picture = self.query_one(".picture")
+        picture.image = letterbox(image_path, picture.size.width, picture.size.height) if image_path else None
         self.query_one(".caption", Static).update(caption)
+
+
+def letterbox(image_path, cells_wide: int, cells_high: int, background=(18, 18, 18)):
+    """The image padded to the pane's shape (terminal cells are about twice as tall as wide),
+    so every renderer shows it undistorted."""
+    from PIL import Image
+
+    from ..images import BadImage, load_rgb
+
+    try:
+        img = load_rgb(image_path, draft=512)
+    except (BadImage, OSError):
+        return None
+    target = max(cells_wide, 1) / (2.0 * max(cells_high, 1))
+    if img.width / img.height > target:
+        size = (img.width, max(1, round(img.width / target)))
+    else:
+        size = (max(1, round(img.height * target)), img.height)
+    canvas = Image.new("RGB", size, background)
+    canvas.paste(img, ((size[0] - img.width) // 2, (size[1] - img.height) // 2))
+    return canvas
 
 
 class LabelApp(App):
@@ -79,7 +101,10 @@ class LabelApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.refresh_view()
+        self.call_after_refresh(self.refresh_view)
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self.refresh_view)
 
     def refresh_view(self, message: str = "") -> None:
         current = self.session.current

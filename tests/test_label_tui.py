@@ -1,0 +1,104 @@
+"""The Textual labeller driven by the pilot: keys -> JSONL lines, undo, resume, and a snapshot."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from stylesearch.catalog import open_catalog
+from stylesearch.labelling import LabelSession
+from stylesearch.labels import triplet_key
+from stylesearch.scan import scan
+
+from .conftest import make_dataset, unit_rows
+
+
+def labelled_dataset(tmp_path, count=12):
+    """Real image files with stand-in vectors (labelling needs no model)."""
+    paths = make_dataset(tmp_path, "lab", count)
+    with open_catalog(paths) as cat:
+        scan(cat)
+        items = cat.items("ok")
+        with cat.transaction():
+            cat.ensure_model("m", "m", "t", 16, "float32")
+            cat.put_vectors("m", [it.content_hash for it in items], unit_rows(len(items), 16, 3), "float32")
+    return paths
+
+
+def lines(paths):
+    return [json.loads(line) for line in paths.triplets.read_text().splitlines()]
+
+
+def make_app(paths, seed=7):
+    from textual_image.widget import HalfcellImage
+
+    from stylesearch.tui.label_app import LabelApp
+
+    return LabelApp(LabelSession(paths, "random", seed=seed), image_widget=HalfcellImage)
+
+
+async def test_keys_append_the_right_judgments(tmp_path):
+    paths = labelled_dataset(tmp_path)
+    app = make_app(paths)
+    shown = []
+    async with app.run_test(size=(120, 36)) as pilot:
+        for key in ("a", "right", "b", "left", "s", "d", "space"):
+            shown.append(app.session.current)
+            await pilot.press(key)
+        status = str(app.query_one("#status").render())
+    records = lines(paths)
+    assert [r["choice"] for r in records] == ["left", "right", "right", "left", "too_similar",
+                                              "anchor_different", "unknown"]
+    for record, (anchor, left, right) in zip(records, shown):
+        assert (record["anchor"], record["left"], record["right"]) == (anchor, left, right)
+        assert record["dataset"] == "lab" and record["model"] == "m"
+        assert set(record) == {"id", "dataset", "anchor", "left", "right", "choice", "model", "timestamp",
+                               "session"}
+    assert "session 7" in status and "total 7" in status
+
+
+async def test_undo_withdraws_last_judgment_and_shows_it_again(tmp_path):
+    paths = labelled_dataset(tmp_path)
+    app = make_app(paths)
+    async with app.run_test() as pilot:
+        first = app.session.current
+        await pilot.press("a")
+        await pilot.press("u")
+        assert app.session.current == first
+        await pilot.press("b")
+    records = lines(paths)
+    assert [("undo" in r, r.get("choice")) for r in records] == [(False, "left"), (True, None), (False, "right")]
+    assert records[1]["undo"] == records[0]["id"]
+    session = LabelSession(paths)
+    assert [j["choice"] for j in session.log.judgments] == ["right"]
+
+
+async def test_rerun_resumes_without_repeating_triplets(tmp_path):
+    paths = labelled_dataset(tmp_path, count=6)
+    app = make_app(paths, seed=1)
+    async with app.run_test() as pilot:
+        for _ in range(10):
+            await pilot.press("a")
+    judged = {triplet_key(r["anchor"], r["left"], r["right"]) for r in lines(paths)}
+    assert len(judged) == 10  # never the same triplet twice within a session
+    again = LabelSession(paths, seed=1)
+    for _ in range(20):
+        assert triplet_key(*again.current) not in judged
+        judged.add(triplet_key(*again.current))
+        again.judge("right")
+
+
+async def test_quit_key_exits_and_keeps_everything(tmp_path):
+    paths = labelled_dataset(tmp_path)
+    app = make_app(paths)
+    async with app.run_test() as pilot:
+        await pilot.press("a")
+        await pilot.press("q")
+    assert len(lines(paths)) == 1 and app.return_code in (0, None)
+
+
+def test_label_screen_snapshot(tmp_path, snap_compare):
+    paths = labelled_dataset(tmp_path)
+    assert snap_compare(make_app(paths), terminal_size=(120, 36), press=["a"])

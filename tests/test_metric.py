@@ -1,0 +1,116 @@
+"""Judgments log (undo, malformed lines) and the learned weighted metric on a planted simulation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from stylesearch.catalog import open_catalog
+from stylesearch.errors import NotReady
+from stylesearch.labels import JudgmentLog, TripletSampler, new_judgment, read_log
+from stylesearch.metric import TrainOptions, load_weights, train_metric, weighted_scores
+from stylesearch.search import Term, search
+from stylesearch.storage import append_jsonl, dataset_paths
+
+from .conftest import unit_rows
+
+
+def planted_dataset(tmp_path, n=300, dim=32, seed=0, name="planted"):
+    """Items with random unit vectors and a hidden weight vector that the 'user' judges by."""
+    paths = dataset_paths(name, tmp_path)
+    vectors = unit_rows(n, dim, seed)
+    with open_catalog(paths, create=True) as cat, cat.transaction():
+        cat.ensure_model("m", "m", "t", dim, "float32")
+        for i in range(n):
+            cat.upsert_item(f"img{i}.jpg", content_hash=f"{i:064d}", status="ok")
+        cat.put_vectors("m", [f"{i:064d}" for i in range(n)], vectors, "float32")
+    rng = np.random.default_rng(seed + 1)
+    hidden = np.where(rng.random(dim) < 0.25, 8.0, 0.1)
+    return paths, vectors, hidden * dim / hidden.sum()
+
+
+def simulate(paths, vectors, hidden, count, seed=2, skips=0.0):
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        a, l, r = rng.choice(len(vectors), 3, replace=False)
+        dl = hidden @ (vectors[a] - vectors[l]) ** 2
+        dr = hidden @ (vectors[a] - vectors[r]) ** 2
+        choice = "left" if dl < dr else "right"
+        if abs(dl - dr) < skips:
+            choice = "too_similar"
+        append_jsonl(paths.triplets, new_judgment(paths.name, f"img{a}.jpg", f"img{l}.jpg", f"img{r}.jpg",
+                                                  choice, "m", "sim"))
+
+
+def test_training_recovers_planted_metric(tmp_path):
+    paths, vectors, hidden = planted_dataset(tmp_path)
+    simulate(paths, vectors, hidden, 1000, skips=0.02)
+    meta = train_metric(paths, "m", TrainOptions(seed=0))
+    assert meta["agreement_before"] < 0.8
+    assert meta["agreement_after"] > meta["agreement_before"] + 0.1
+    assert meta["agreement_after"] > 0.85
+    assert meta["equality_triplets"] > 0
+    weights = load_weights(paths, "m")
+    assert weights.shape == (32,) and (weights >= 0).all() and abs(weights.mean() - 1) < 1e-4
+    assert np.corrcoef(weights, hidden)[0, 1] > 0.7
+    saved = json.loads((paths.metric_dir("m") / "weights.json").read_text())
+    assert saved["agreement_after"] == meta["agreement_after"]
+
+
+def test_search_applies_weights_unless_raw(tmp_path):
+    paths, vectors, hidden = planted_dataset(tmp_path, n=120, name="weighted")
+    simulate(paths, vectors, hidden, 600)
+    train_metric(paths, "m")
+    weights = load_weights(paths, "m")
+    learned = search(paths, [Term(1.0, "like", "1")], k=5)
+    raw = search(paths, [Term(1.0, "like", "1")], k=5, raw=True)
+    expected = np.argsort(-weighted_scores(vectors[0], vectors, weights))[1:6] + 1
+    assert [r["id"] for r in learned] == expected.tolist()
+    assert [r["id"] for r in raw] == (np.argsort(-(vectors @ vectors[0]))[1:6] + 1).tolist()
+
+
+def test_train_skips_malformed_lines_and_applies_undo(tmp_path):
+    paths, vectors, hidden = planted_dataset(tmp_path, n=40, name="messy")
+    simulate(paths, vectors, hidden, 30)
+    with open(paths.triplets, "a") as fh:
+        fh.write("{not json\n")
+        fh.write(json.dumps({"anchor": "img1.jpg", "choice": "left"}) + "\n")
+    log = JudgmentLog(paths.triplets)
+    last = log.judgments[-1]
+    append_jsonl(paths.triplets, {"undo": last["id"]})
+    contents = read_log(paths.triplets)
+    assert contents.malformed == 2 and contents.undone == 1 and len(contents.judgments) == 29
+    meta = train_metric(paths, "m", TrainOptions(epochs=5))
+    assert meta["malformed_lines"] == 2 and meta["undone"] == 1
+    assert meta["train_triplets"] + meta["val_triplets"] == 29
+
+
+def test_train_needs_enough_judgments(tmp_path):
+    paths, vectors, hidden = planted_dataset(tmp_path, n=20, name="few")
+    simulate(paths, vectors, hidden, 3)
+    with pytest.raises(NotReady, match="at least 5"):
+        train_metric(paths, "m")
+
+
+def test_train_cli_reports_agreement(cli, root):
+    paths, vectors, hidden = planted_dataset(root, n=80, name="clitrain")
+    simulate(paths, vectors, hidden, 200)
+    out = cli.json("train", "clitrain", "--json", "--epochs", "20", "--seed", "3")
+    assert out["train_triplets"] == 160 and out["val_triplets"] == 40
+    human = cli("train", "clitrain", "--epochs", "5")
+    assert "held-out agreement" in human.stderr and human.stdout == ""
+
+
+def test_uncertain_sampler_prefers_close_calls():
+    vectors = unit_rows(60, 8, seed=4)
+    paths = [f"{i}.jpg" for i in range(60)]
+    seen: set = set()
+    random_gaps, uncertain_gaps = [], []
+    for strategy, gaps in (("random", random_gaps), ("uncertain", uncertain_gaps)):
+        sampler = TripletSampler(paths, vectors, None, strategy, seed=1)
+        for _ in range(30):
+            a, l, r = (int(p.split(".")[0]) for p in sampler.next(seen))
+            gaps.append(abs(np.linalg.norm(vectors[a] - vectors[l]) - np.linalg.norm(vectors[a] - vectors[r])))
+    assert np.mean(uncertain_gaps) < np.mean(random_gaps) / 3

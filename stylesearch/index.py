@@ -38,7 +38,7 @@ def _hash_keys(hashes) -> np.ndarray:
     return np.array([h[:16] for h in hashes], dtype="S16")
 
 
-def _new_index(kind: str, dim: int, train: np.ndarray):
+def new_index(kind: str, dim: int, train: np.ndarray):
     import faiss
 
     if kind == "flat":
@@ -59,7 +59,7 @@ def _new_index(kind: str, dim: int, train: np.ndarray):
     return faiss.IndexIDMap2(base)
 
 
-def _tune(index, kind: str) -> None:
+def tune(index, kind: str) -> None:
     import faiss
 
     base = faiss.downcast_index(index.index)
@@ -97,7 +97,7 @@ def load_index(paths: DatasetPaths, model_key: str) -> LoadedIndex | None:
             continue
         if meta["kind"] in ("ivf", "ivfpq"):
             faiss.extract_index_ivf(index.index).make_direct_map()
-        _tune(index, meta["kind"])
+        tune(index, meta["kind"])
         return LoadedIndex(index, meta)
     raise NotReady(f"Index of {model_key} could not be read.", f"Rebuild it: `stylesearch index {paths.name}`.")
 
@@ -151,7 +151,7 @@ def _write(paths, model, ids, keys, vectors, kind, full, progress) -> dict:
     plan = None if full else _incremental_plan(paths, key, kind, ids, keys)
     progress.start(f"indexing ({kind})", len(ids))
     if plan is None:
-        index = _new_index(kind, vectors.shape[1], vectors)
+        index = new_index(kind, vectors.shape[1], vectors)
         _add(index, ids, vectors, progress)
         member_ids, member_keys, mode = ids, keys, "full"
     else:

@@ -194,3 +194,6 @@ def test_reindex_embeds_and_indexes_quietly(cli, root, tiny_weights):
     assert load_index(paths, cli.json("info", "cron", "--json")["models"][0]["model_key"]) is not None
     info = cli.json("info", "cron", "--json")
     assert info["models"][0]["index"]["count"] == 8
+    (paths.images / "warm" / "stripes-0000.jpg").unlink()
+    again = cli.json("reindex", "cron", "--json")  # no --model: keeps using the dataset's model
+    assert again["model"] == info["models"][0]["model_key"] and again["deleted"] == 1 and again["embedded"] == 0

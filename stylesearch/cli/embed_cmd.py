@@ -31,17 +31,30 @@ class Precision(str, Enum):
 
 
 def model_option():
-    return typer.Option("ViT-B-32", "--model", "-m", help=MODEL_HELP)
+    return typer.Option(None, "--model", "-m",
+                        help=MODEL_HELP + " Default: the dataset's model, else ViT-B-32.", show_default=False)
 
 
 def pretrained_option():
-    return typer.Option("laion2b_s34b_b79k", "--pretrained", "-p", help=PRETRAINED_HELP)
+    return typer.Option(None, "--pretrained", "-p", help=PRETRAINED_HELP + " Default: laion2b_s34b_b79k.",
+                        show_default=False)
 
 
-def make_spec(model: str, pretrained: Optional[str]):
-    from ..models import ModelSpec
+def make_spec(model: Optional[str], pretrained: Optional[str], paths=None):
+    """The model asked for; without --model, the one the dataset was embedded with, else the default."""
+    from ..models import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelSpec
 
-    return ModelSpec(model, pretrained)
+    if model:
+        return ModelSpec(model, pretrained if pretrained is not None or model.startswith(("hf-hub:", "local-dir:"))
+                         else DEFAULT_PRETRAINED)
+    if pretrained is None and paths is not None and paths.catalog.exists():
+        from ..catalog import open_catalog
+        from ..search import pick_model_key
+
+        with open_catalog(paths) as catalog:
+            if catalog.models():
+                return pick_model_key(catalog, None)[1]
+    return ModelSpec(DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED)
 
 
 def _read_stdin_paths() -> list[Path]:
@@ -51,8 +64,8 @@ def _read_stdin_paths() -> list[Path]:
 def embed(
     dataset: str = typer.Argument(..., help="Dataset name."),
     source: Optional[str] = typer.Argument(None, help="'-' to read image paths from stdin instead of scanning."),
-    model: str = model_option(),
-    pretrained: str = pretrained_option(),
+    model: Optional[str] = model_option(),
+    pretrained: Optional[str] = pretrained_option(),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes (default: one per core)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps."),
@@ -70,7 +83,8 @@ def embed(
     if source not in (None, "-"):
         raise typer.BadParameter("SOURCE must be '-' (paths on stdin) or left out.")
     options = EmbedOptions(batch_size, workers, device, precision.value, "float16" if float16 else "float32")
-    result = embed_dataset(paths, make_spec(model, pretrained), files, options, make_progress(), create=create)
+    spec = make_spec(model, pretrained, paths)
+    result = embed_dataset(paths, spec, files, options, make_progress(), create=create)
     warn_list(result.warnings)
     summary(result.as_dict(), as_json, "embed")
 
@@ -101,15 +115,15 @@ def resolve_model_key(paths, model: Optional[str], pretrained: Optional[str]) ->
     from ..catalog import open_catalog
     from ..search import pick_model_key
 
-    spec = make_spec(model, pretrained) if model else None
+    spec = make_spec(model, pretrained) if model or pretrained else None
     with open_catalog(paths) as catalog:
         return pick_model_key(catalog, spec)[0]
 
 
 def reindex(
     dataset: str = typer.Argument(..., help="Dataset name."),
-    model: str = model_option(),
-    pretrained: str = pretrained_option(),
+    model: Optional[str] = model_option(),
+    pretrained: Optional[str] = pretrained_option(),
     kind: Kind = typer.Option(Kind.auto, "--kind"),
     device: str = typer.Option("auto", "--device"),
     wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for another writer before giving up."),
@@ -121,7 +135,7 @@ def reindex(
     from ..storage import existing_dataset, writer_lock
 
     paths = existing_dataset(dataset, STATE.root)
-    spec = make_spec(model, pretrained)
+    spec = make_spec(model, pretrained, paths)
     with writer_lock(paths, wait):
         embedded = embed_dataset(paths, spec, options=EmbedOptions(device=device), lock=False)
         meta = build_index(paths, spec.key, kind.value, lock=False)

@@ -55,7 +55,8 @@ def image_size(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[i
 def load_rgb(source: str | os.PathLike | bytes, draft: int | None = None, max_pixels: int = MAX_PIXELS):
     """Fully decode to an RGB PIL image with EXIF orientation applied.
 
-    `draft` asks JPEG decoders to reduce on decode to at least that many pixels per side.
+    `draft` asks JPEG decoders to reduce on decode (by 2, 4 or 8) while keeping the long side
+    at least `draft` pixels.
     Raises BadImage for corrupt, truncated or oversized input.
     """
     from PIL import Image, ImageOps
@@ -64,7 +65,8 @@ def load_rgb(source: str | os.PathLike | bytes, draft: int | None = None, max_pi
     img = _open(stream, max_pixels)
     try:
         if draft and img.format == "JPEG":
-            img.draft("RGB", (draft, draft))
+            scale = draft / max(img.size)  # keep the long side >= draft after reduce-on-decode
+            img.draft("RGB", (max(1, round(img.width * scale)), max(1, round(img.height * scale))))
         img.load()
         img = ImageOps.exif_transpose(img)
         if img.mode != "RGB":

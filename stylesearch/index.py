@@ -145,7 +145,6 @@ def _incremental_plan(paths: DatasetPaths, model_key: str, kind: str, ids, keys)
 
 
 def _write(paths, model, ids, keys, vectors, kind, full, progress) -> dict:
-    import faiss
 
     key = model["model_key"]
     plan = None if full else _incremental_plan(paths, key, kind, ids, keys)

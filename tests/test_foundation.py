@@ -155,4 +155,4 @@ def test_shipped_completions_match_the_cli(shell):
     proc = subprocess.run([sys.executable, "-c", "from stylesearch.cli.main import main; main()"],
                           capture_output=True, text=True, env=env)
     assert proc.stdout.strip(), proc.stderr
-    assert proc.stdout == shipped.read_text(), f"regenerate with: python completions/generate.py"
+    assert proc.stdout == shipped.read_text(), "regenerate with: python completions/generate.py"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import pytest
 
 from stylesearch.catalog import open_catalog
 from stylesearch.labelling import LabelSession

@@ -13,7 +13,6 @@ from PIL import Image
 from stylesearch.errors import NotReady
 from stylesearch.projection import UmapOptions, format_coords, free_cell, load_projection, project_dataset, render_map
 
-from .conftest import make_dataset
 
 
 def test_umap_rows_reproducible_and_saved(embedded, tiny_spec):

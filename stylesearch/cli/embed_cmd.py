@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from .common import STATE, log, make_progress, summary, warn_list
+from .common import STATE, make_progress, summary, warn_list
 
 MODEL_HELP = "open_clip model name, or hf-hub:ORG/REPO, or local-dir:/path."
 PRETRAINED_HELP = "Pretrained tag (e.g. laion2b_s34b_b79k), a local weights file, or 'random'."

@@ -9,7 +9,8 @@ import numpy as np
 from stylesearch.projection import UmapOptions, umap_2d
 
 sizes = [int(s) for s in (sys.argv[1] if len(sys.argv) > 1 else "10000,100000").split(",")]
-umap_2d(np.random.default_rng(1).standard_normal((200, 512)).astype(np.float32), UmapOptions())  # JIT warm-up
+for warm_seed in (0, None):  # numba JIT warm-up (NN-descent kicks in above 4096 points)
+    umap_2d(np.random.default_rng(1).standard_normal((5000, 512)).astype(np.float32), UmapOptions(seed=warm_seed))
 for n in sizes:
     data = np.random.default_rng(0).standard_normal((n, 512)).astype(np.float32)
     data /= np.linalg.norm(data, axis=1, keepdims=True)

@@ -166,16 +166,21 @@ class Catalog:
         elif row[0] != dim:
             raise CatalogError(f"Model key {model_key!r} has dim {row[0]} in the catalog but the model gives {dim}.")
 
-    def models(self) -> list[dict]:
+    def models(self, with_counts: bool = False) -> list[dict]:
+        """Embedding models in this catalog; counting vectors reads every vector, so it is optional."""
+        count = "(SELECT COUNT(*) FROM vectors v WHERE v.model_key=m.model_key)" if with_counts else "NULL"
         rows = self.conn.execute(
-            "SELECT m.model_key, m.model_name, m.pretrained, m.dim, m.dtype, m.created_at, "
-            "(SELECT COUNT(*) FROM vectors v WHERE v.model_key=m.model_key) FROM models m ORDER BY m.created_at"
+            f"SELECT m.model_key, m.model_name, m.pretrained, m.dim, m.dtype, m.created_at, {count} "
+            "FROM models m ORDER BY m.created_at, m.model_key"
         ).fetchall()
         keys = ["model_key", "model_name", "pretrained", "dim", "dtype", "created_at", "vectors"]
         return [dict(zip(keys, r)) for r in rows]
 
     def model(self, model_key: str) -> dict | None:
-        return next((m for m in self.models() if m["model_key"] == model_key), None)
+        row = self.conn.execute("SELECT model_key, model_name, pretrained, dim, dtype, created_at FROM models "
+                                "WHERE model_key=?", (model_key,)).fetchone()
+        keys = ["model_key", "model_name", "pretrained", "dim", "dtype", "created_at"]
+        return dict(zip(keys, row)) if row else None
 
     def hashes_with_vectors(self, model_key: str) -> set[str]:
         rows = self.conn.execute("SELECT content_hash FROM vectors WHERE model_key=?", (model_key,))

@@ -46,7 +46,7 @@ def describe(name: str, root: str | os.PathLike | None = None) -> dict:
     paths = existing_dataset(name, root)
     with open_catalog(paths) as cat:
         counts = cat.status_counts()
-        models = cat.models()
+        models = cat.models(with_counts=True)
         downloads = cat.download_counts()
     for model in models:
         key = model["model_key"]

@@ -195,18 +195,23 @@ class Catalog:
 
     def load_vectors(self, model_key: str) -> tuple[np.ndarray, np.ndarray]:
         """(item ids, float32 matrix) for every live item that has a vector under `model_key`."""
+        ids, _, mat = self.load_vectors_with_hashes(model_key)
+        return ids, mat
+
+    def load_vectors_with_hashes(self, model_key: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """(item ids, content hashes, float32 matrix) of live items with a vector, by item id."""
         meta = self.model(model_key)
         if meta is None:
-            return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+            return np.zeros(0, dtype=np.int64), [], np.zeros((0, 0), dtype=np.float32)
         rows = self.conn.execute(
-            "SELECT i.id, v.vector FROM items i JOIN vectors v ON v.content_hash=i.content_hash "
+            "SELECT i.id, i.content_hash, v.vector FROM items i JOIN vectors v ON v.content_hash=i.content_hash "
             "AND v.model_key=? WHERE i.status='ok' ORDER BY i.id",
             (model_key,),
         ).fetchall()
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        buf = b"".join(r[1] for r in rows)
+        buf = b"".join(r[2] for r in rows)
         mat = np.frombuffer(buf, dtype=np.dtype(meta["dtype"])).reshape(len(rows), meta["dim"])
-        return ids, mat.astype(np.float32)
+        return ids, [r[1] for r in rows], mat.astype(np.float32)
 
     def vector_for_item(self, model_key: str, item: Item) -> np.ndarray:
         meta = self.model(model_key)

@@ -142,6 +142,5 @@ def _embed_files(catalog: Catalog, model: LoadedModel, hashes: list[str], files:
         progress.finish()
 
 
-
 def _mark_corrupt(catalog: Catalog, content_hash: str) -> None:
     catalog.set_status([it.id for it in catalog.items_with_hash(content_hash)], "corrupt")

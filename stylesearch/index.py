@@ -115,20 +115,17 @@ def build_index(paths: DatasetPaths, model_key: str, kind: str = "auto", full: b
     with guard:
         with open_catalog(paths) as catalog:
             model = catalog.model(model_key)
-            ids, vectors = catalog.load_vectors(model_key)
-            hashes = catalog.conn.execute(
-                "SELECT i.content_hash FROM items i JOIN vectors v ON v.content_hash=i.content_hash AND "
-                "v.model_key=? WHERE i.status='ok' ORDER BY i.id", (model_key,)).fetchall()
+            ids, hashes, vectors = catalog.load_vectors_with_hashes(model_key)
         if model is None or not len(ids):
             raise NotReady(f"No embeddings for model {model_key} in {paths.name!r}.",
                            f"Run `stylesearch embed {paths.name}` first.")
-        keys = _hash_keys(h[0] for h in hashes)
+        keys = _hash_keys(hashes)
         resolved = choose_kind(len(ids)) if kind == "auto" else kind
         return _write(paths, model, ids, keys, vectors, resolved, full, or_null(progress))
 
 
 def _incremental_plan(paths: DatasetPaths, model_key: str, kind: str, ids, keys):
-    """(existing index, mask of rows to add, ids to remove) or None when a full build is needed."""
+    """(existing index, mask of rows to add, ids to remove or None, old members), or None for a full build."""
     old = load_index(paths, model_key)
     if old is None or old.meta["kind"] != kind:
         return None

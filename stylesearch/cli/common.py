@@ -6,9 +6,7 @@ import json
 import sys
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Iterable, Sequence
-
-import typer
+from typing import Any, Sequence
 
 
 @dataclass
@@ -129,11 +127,3 @@ def summary(result: dict, as_json: bool, title: str) -> None:
     parts = ", ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, (list, dict)))
     log(f"{title}: {parts}")
 
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise typer.BadParameter(message)
-
-
-def comma_list(values: Iterable[str] | None) -> list[str]:
-    return [v for raw in values or [] for v in raw.split(",") if v]

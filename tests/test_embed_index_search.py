@@ -197,3 +197,16 @@ def test_reindex_embeds_and_indexes_quietly(cli, root, tiny_weights):
     (paths.images / "warm" / "stripes-0000.jpg").unlink()
     again = cli.json("reindex", "cron", "--json")  # no --model: keeps using the dataset's model
     assert again["model"] == info["models"][0]["model_key"] and again["deleted"] == 1 and again["embedded"] == 0
+
+
+def test_search_by_image_url(embedded, tiny_spec):
+    from .test_download import Server
+
+    server = Server()
+    try:
+        rows = search(embedded, [Term(1.0, "image", f"{server.url}/img/0.jpg")], k=3, spec=tiny_spec)
+        assert len(rows) == 3 and server.hits["/img/0.jpg"] == 1
+        with pytest.raises(UserError, match="HTTP 404"):
+            search(embedded, [Term(1.0, "image", f"{server.url}/missing")], k=3, spec=tiny_spec)
+    finally:
+        server.close()

@@ -165,3 +165,10 @@ def test_read_source_file_and_sample_urls(tmp_path):
     sample = sample_entries("picsum", 3, seed=5)
     assert [e.url for e in sample][0] == "https://picsum.photos/seed/stylesearch-5-0/640/480"
     assert len({e.url for e in sample}) == 3
+
+
+def test_cli_exit_code_when_every_download_fails(cli, server):
+    proc = cli("download", "allbad", "-", "--retries", "0", input=f"{server.url}/missing\n{server.url}/html\n",
+               check=False)
+    assert proc.returncode == 1 and "all 2 downloads failed" in proc.stderr
+    assert "warning:" in proc.stderr and proc.stdout == ""

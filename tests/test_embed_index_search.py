@@ -210,3 +210,10 @@ def test_search_by_image_url(embedded, tiny_spec):
             search(embedded, [Term(1.0, "image", f"{server.url}/missing")], k=3, spec=tiny_spec)
     finally:
         server.close()
+
+
+def test_table_title_shows_terms_as_typed():
+    from stylesearch.cli.search_cmd import describe_terms
+
+    terms = parse_terms(["red dress", "-blue", "0.5*image:a.jpg", "like:3"])
+    assert describe_terms(terms) == '"red dress" -blue 0.5*image:a.jpg like:3'

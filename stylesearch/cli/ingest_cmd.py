@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import STATE, make_progress, summary, warn_list
+from .common import STATE, log, make_progress, summary, warn_list
 
 
 class ListFormat(str, Enum):
@@ -60,6 +60,9 @@ def download(
     result = run_download(dataset_paths(dataset, STATE.root), entries, options, make_progress(), malformed)
     warn_list(result.warnings)
     summary(result.as_dict(), as_json, "download")
+    if result.failed and not (result.ok or result.duplicates or result.skipped_done):
+        log(f"error: all {result.failed} downloads failed")
+        raise typer.Exit(1)
 
 
 def transform(

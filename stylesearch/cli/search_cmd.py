@@ -35,8 +35,20 @@ def search(
     parsed = parse_terms(terms or [], image or [], like or [])
     spec = ModelSpec(model, pretrained) if model else None
     rows = run_search(paths, parsed, k, spec, min_score, raw, device)
-    emit_rows(rows, ["rank", "score", "id", "path"], fmt, title=f"{dataset}: {' '.join(t.value for t in parsed)}",
+    emit_rows(rows, ["rank", "score", "id", "path"], fmt, title=f"{dataset}: {describe_terms(parsed)}",
               path_key="file")
+
+
+def describe_terms(terms) -> str:
+    """Terms as a user would type them, e.g. `"red dress" -blue like:3`."""
+    out = []
+    for t in terms:
+        sign = "-" if t.weight < 0 else ""
+        weight = f"{abs(t.weight):g}*" if abs(t.weight) != 1 else ""
+        kind = "" if t.kind == "text" else f"{t.kind}:"
+        value = f'"{t.value}"' if " " in t.value else t.value
+        out.append(f"{sign}{weight}{kind}{value}")
+    return " ".join(out)
 
 
 def register(app: typer.Typer) -> None:

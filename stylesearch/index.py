@@ -59,14 +59,15 @@ def new_index(kind: str, dim: int, train: np.ndarray):
     return faiss.IndexIDMap2(base)
 
 
-def tune(index, kind: str) -> None:
+def tune(index, kind: str, effort: int | None = None) -> None:
+    """Search effort: HNSW efSearch or IVF nprobe (higher = better recall, slower)."""
     import faiss
 
     base = faiss.downcast_index(index.index)
     if kind == "hnsw":
-        base.hnsw.efSearch = HNSW_EF_SEARCH
+        base.hnsw.efSearch = max(1, effort or HNSW_EF_SEARCH)
     elif kind in ("ivf", "ivfpq"):
-        base.nprobe = IVF_NPROBE
+        base.nprobe = max(1, min(effort or IVF_NPROBE, base.nlist))
 
 
 @dataclass
@@ -83,7 +84,7 @@ class LoadedIndex:
         return np.stack([self.index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, 0))
 
 
-def load_index(paths: DatasetPaths, model_key: str) -> LoadedIndex | None:
+def load_index(paths: DatasetPaths, model_key: str, effort: int | None = None) -> LoadedIndex | None:
     """The current index of a model, or None if none was built. Retries once if swapped mid-read."""
     import faiss
 
@@ -97,7 +98,7 @@ def load_index(paths: DatasetPaths, model_key: str) -> LoadedIndex | None:
             continue
         if meta["kind"] in ("ivf", "ivfpq"):
             faiss.extract_index_ivf(index.index).make_direct_map()
-        tune(index, meta["kind"])
+        tune(index, meta["kind"], effort)
         return LoadedIndex(index, meta)
     raise NotReady(f"Index of {model_key} could not be read.", f"Rebuild it: `stylesearch index {paths.name}`.")
 

@@ -81,11 +81,11 @@ class Searcher:
     """Loaded search state for one dataset and model; the model is loaded only when needed."""
 
     def __init__(self, paths: DatasetPaths, spec: ModelSpec | None = None, raw: bool = False,
-                 device: str = "auto"):
+                 device: str = "auto", effort: int | None = None):
         self.paths = paths
         self.catalog = open_catalog(paths)
         self.model_key, self.spec = pick_model_key(self.catalog, spec)
-        self.index = load_index(paths, self.model_key)
+        self.index = load_index(paths, self.model_key, effort)
         self.weights = None if raw else load_weights(paths, self.model_key)
         self.device = device
         self._model: LoadedModel | None = None
@@ -161,9 +161,10 @@ class Searcher:
 
 
 def search(paths: DatasetPaths, terms: list[Term], k: int = 10, spec: ModelSpec | None = None,
-           min_score: float | None = None, raw: bool = False, device: str = "auto") -> list[dict]:
+           min_score: float | None = None, raw: bool = False, device: str = "auto",
+           effort: int | None = None) -> list[dict]:
     """One-shot search; see Searcher for repeated queries."""
-    searcher = Searcher(paths, spec, raw=raw, device=device)
+    searcher = Searcher(paths, spec, raw=raw, device=device, effort=effort)
     try:
         return searcher.search(terms, k, min_score)
     finally:

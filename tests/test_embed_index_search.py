@@ -217,3 +217,15 @@ def test_table_title_shows_terms_as_typed():
 
     terms = parse_terms(["red dress", "-blue", "0.5*image:a.jpg", "like:3"])
     assert describe_terms(terms) == '"red dress" -blue 0.5*image:a.jpg like:3'
+
+
+def test_search_effort_trades_latency_for_recall(tmp_path):
+    paths, vectors = _fake_dataset(tmp_path, 3000, dim=64)
+    build_index(paths, "m", "hnsw")
+    low, high = load_index(paths, "m", effort=1), load_index(paths, "m", effort=400)
+    with open_catalog(paths) as cat:
+        ids, vecs = cat.load_vectors("m")
+    from stylesearch.index import recall_at_k
+
+    assert recall_at_k(high, ids, vecs, 100) > recall_at_k(low, ids, vecs, 100)
+    assert len(search(paths, [Term(1.0, "like", "5")], k=4, effort=64)) == 4

@@ -23,6 +23,8 @@ def search(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to search with (default: embedded one)."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", "-p"),
     device: str = typer.Option("auto", "--device"),
+    effort: Optional[int] = typer.Option(None, "--effort", min=1,
+                                         help="HNSW efSearch / IVF nprobe: higher = better recall, slower."),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
 ) -> None:
     """Search by text, image, or item, with +/- query arithmetic."""
@@ -34,7 +36,7 @@ def search(
     paths = existing_dataset(dataset, STATE.root)
     parsed = parse_terms(terms or [], image or [], like or [])
     spec = ModelSpec(model, pretrained) if model else None
-    rows = run_search(paths, parsed, k, spec, min_score, raw, device)
+    rows = run_search(paths, parsed, k, spec, min_score, raw, device, effort)
     emit_rows(rows, ["rank", "score", "id", "path"], fmt, title=f"{dataset}: {describe_terms(parsed)}",
               path_key="file")
 

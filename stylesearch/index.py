@@ -81,7 +81,17 @@ class LoadedIndex:
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """Stored vectors for item ids (exact for flat/HNSW/IVF, approximate for IVF-PQ)."""
-        return np.stack([self.index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, 0))
+        import faiss
+
+        if not len(ids):
+            return np.zeros((0, self.index.d), dtype=np.float32)
+        base = faiss.downcast_index(self.index.index)
+        if isinstance(base, faiss.IndexFlat):  # one vectorised gather instead of a call per id
+            stored = faiss.vector_to_array(base.codes).view(np.float32).reshape(base.ntotal, base.d)
+            id_map = faiss.vector_to_array(self.index.id_map)
+            order = np.argsort(id_map)
+            return stored[order[np.searchsorted(id_map[order], ids)]]
+        return np.stack([self.index.reconstruct(int(i)) for i in ids])
 
 
 def load_index(paths: DatasetPaths, model_key: str, effort: int | None = None) -> LoadedIndex | None:

@@ -229,3 +229,12 @@ def test_search_effort_trades_latency_for_recall(tmp_path):
 
     assert recall_at_k(high, ids, vecs, 100) > recall_at_k(low, ids, vecs, 100)
     assert len(search(paths, [Term(1.0, "like", "5")], k=4, effort=64)) == 4
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_stored_vectors_come_back_by_item_id(tmp_path, kind):
+    paths, vectors = _fake_dataset(tmp_path, 2000)
+    build_index(paths, "m", kind)
+    loaded = load_index(paths, "m")
+    ids = np.array([5, 1, 2000, 17])
+    assert np.allclose(loaded.vectors(ids), vectors[ids - 1], atol=1e-6)

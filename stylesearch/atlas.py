@@ -14,7 +14,7 @@ from .images import BadImage, load_rgb
 from .progress import Progress, or_null
 from .scan import scan
 from .storage import DatasetPaths, atomic_path, atomic_write_json, read_json, writer_lock
-from .transform import thumbnail_for
+from .transform import thumb_format, thumbnail_for
 
 
 @dataclass(frozen=True)
@@ -95,10 +95,11 @@ def _render_page(paths, chunk: list[Item], page: int, cols: int, opt: AtlasOptio
     width = opt.padding + min(cols, len(chunk)) * cell
     canvas = Image.new("RGBA", (width, opt.padding + rows * cell), opt.background)
     entries = []
+    fmt = thumb_format(paths)
     for n, item in enumerate(chunk):
         progress.advance()
         try:
-            img = load_rgb(thumbnail_for(paths, item.path, item.content_hash), draft=opt.tile)
+            img = load_rgb(thumbnail_for(paths, item.path, item.content_hash, fmt), draft=opt.tile)
         except (BadImage, OSError):
             skipped.append(item.path)
             continue

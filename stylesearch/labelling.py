@@ -14,7 +14,7 @@ from .labels import JudgmentLog, TripletSampler, new_judgment
 from .metric import load_metric_meta, load_weights, weighted_scores
 from .search import pick_model_key
 from .storage import DatasetPaths
-from .transform import thumbnail_for
+from .transform import thumb_format, thumbnail_for
 
 
 class LabelSession:
@@ -35,6 +35,7 @@ class LabelSession:
         self.vectors = vectors
         self.weights = load_weights(paths, self.model_key)
         self.metric_meta = load_metric_meta(paths, self.model_key)
+        self.thumb_format = thumb_format(paths)
         self.log = JudgmentLog(paths.triplets)
         self.session = session_id or uuid.uuid4().hex[:12]
         self.sampler = TripletSampler([it.path for it in self.items], vectors, self.weights, strategy, seed)
@@ -72,7 +73,7 @@ class LabelSession:
 
     def image_path(self, item_path: str) -> Path:
         item = self.items[self.row[item_path]]
-        return thumbnail_for(self.paths, item.path, item.content_hash)
+        return thumbnail_for(self.paths, item.path, item.content_hash, self.thumb_format)
 
     def status(self) -> dict:
         counts = self.log.counts()

@@ -17,7 +17,7 @@ from .images import BadImage, load_rgb
 from .metric import load_weights, scale_vectors
 from .progress import Progress, or_null
 from .storage import DatasetPaths, atomic_path, atomic_write_bytes
-from .transform import thumbnail_for
+from .transform import thumb_format, thumbnail_for
 
 
 @dataclass(frozen=True)
@@ -148,13 +148,14 @@ def render_map(paths: DatasetPaths, rows: list[dict], out: Path, size: int = 204
     taken = np.zeros((cells, cells), dtype=bool)
     canvas = Image.new("RGB", (cells * thumb, cells * thumb), background)
     placed = hidden = failed = 0
+    fmt = thumb_format(paths)
     for n in np.random.default_rng(0).permutation(len(rows)):
         cell = free_cell(taken, int(grid[n, 0]), int(cells - 1 - grid[n, 1]), max_radius=2)
         if cell is None:
             hidden += 1
             continue
         try:
-            img = load_rgb(thumbnail_for(paths, rows[n]["path"], rows[n].get("hash")), draft=thumb)
+            img = load_rgb(thumbnail_for(paths, rows[n]["path"], rows[n].get("hash"), fmt), draft=thumb)
         except (BadImage, OSError):
             failed += 1
             continue

@@ -47,11 +47,23 @@ def thumb_relpath(item_path: str, content_hash: str | None, fmt: str) -> str:
     return p.with_suffix(FORMATS[fmt]).as_posix()
 
 
-def thumbnail_for(paths: DatasetPaths, item_path: str, content_hash: str | None = None) -> Path:
-    """The item's thumbnail when `transform` made one, else the original file."""
-    params = read_json(paths.thumbs / PARAMS_FILE) or {}
-    if params.get("format") in FORMATS:
-        thumb = paths.thumbs / thumb_relpath(item_path, content_hash, params["format"])
+def thumb_format(paths: DatasetPaths) -> str | None:
+    """The format of the dataset's thumbnails, or None when `transform` has not run."""
+    fmt = (read_json(paths.thumbs / PARAMS_FILE) or {}).get("format")
+    return fmt if fmt in FORMATS else None
+
+
+_UNSET = object()
+
+
+def thumbnail_for(paths: DatasetPaths, item_path: str, content_hash: str | None = None, fmt=_UNSET) -> Path:
+    """The item's thumbnail when `transform` made one, else the original file.
+
+    Pass `fmt` (from thumb_format) when looking up many items, to read the parameters once.
+    """
+    fmt = thumb_format(paths) if fmt is _UNSET else fmt
+    if fmt:
+        thumb = paths.thumbs / thumb_relpath(item_path, content_hash, fmt)
         if thumb.exists():
             return thumb
     return item_file(paths.images, item_path)

@@ -144,12 +144,12 @@ class Searcher:
         return ids[order], scores[order]
 
     def _rows(self, ids, scores, k, min_score, skip) -> list[dict]:
-        ids = [int(i) for i in ids if i >= 0]
-        marks = ",".join("?" for _ in ids) or "NULL"
+        found = [(int(i), s) for i, s in zip(ids, scores) if i >= 0]  # faiss pads with -1; keep pairs aligned
+        marks = ",".join("?" for _ in found) or "NULL"
         live = {r[0]: r[1] for r in self.catalog.conn.execute(
-            f"SELECT id, path FROM items WHERE status='ok' AND id IN ({marks})", ids)}
+            f"SELECT id, path FROM items WHERE status='ok' AND id IN ({marks})", [i for i, _ in found])}
         rows = []
-        for item_id, score in zip(ids, scores):
+        for item_id, score in found:
             if item_id not in live or item_id in skip or (min_score is not None and score < min_score):
                 continue
             path = live[item_id]

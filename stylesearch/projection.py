@@ -75,7 +75,7 @@ def save_projection(paths: DatasetPaths, model_key: str, ids: np.ndarray, coords
 
 def load_projection(paths: DatasetPaths, model_key: str | None) -> tuple[np.ndarray, np.ndarray] | None:
     """Saved (ids, coords) of a model (or of the newest projection when model_key is None)."""
-    folder = paths.projection_file("x").parent
+    folder = paths.projections
     if model_key is None:
         files = sorted(folder.glob("*.npz"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
         if not files:

@@ -127,8 +127,12 @@ class DatasetPaths:
     def metric_dir(self, model_key: str) -> Path:
         return self.home / "metric" / model_key
 
+    @property
+    def projections(self) -> Path:
+        return self.home / "projection"
+
     def projection_file(self, model_key: str) -> Path:
-        return self.home / "projection" / f"{model_key}.npz"
+        return self.projections / f"{model_key}.npz"
 
 
 def dataset_paths(name: str, root: str | os.PathLike | None = None) -> DatasetPaths:

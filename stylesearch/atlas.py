@@ -9,12 +9,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from .catalog import Item, open_catalog
+from .choices import ATLAS_ORDERS
 from .errors import NotReady, UserError
 from .images import BadImage, load_rgb
 from .progress import Progress, or_null
 from .scan import scan
-from .storage import DatasetPaths, atomic_path, atomic_write_json, read_json, writer_lock
-from .transform import thumb_format, thumbnail_for
+from .storage import DatasetPaths, atomic_path, atomic_write_json, read_json, thumb_format, thumbnail_for, writer_lock
+
+
+ORDERS = ATLAS_ORDERS
 
 
 @dataclass(frozen=True)
@@ -50,14 +53,15 @@ def _ordered_items(paths: DatasetPaths, opt: AtlasOptions, cols: int) -> list[It
         items = sorted(catalog.items("ok"), key=lambda it: it.path)
     if opt.order == "path":
         return items
-    if opt.order != "umap":
-        raise UserError(f"Unknown atlas order {opt.order!r}.", "Use path or umap.")
+    if opt.order not in ORDERS:
+        raise UserError(f"Unknown atlas order {opt.order!r}.", f"Use one of: {', '.join(ORDERS)}.")
     from .projection import load_projection
 
     saved = load_projection(paths, opt.model_key)
     if saved is None:
         raise NotReady("No UMAP coordinates saved for this dataset.",
-                       f"Run `stylesearch umap-export {paths.name}` first, or use --order path.")
+                       "Export a UMAP projection first, or order the atlas by path.", dataset=paths.name,
+                       step="umap-export")
     return umap_order(items, *saved, cols)
 
 
@@ -69,7 +73,8 @@ def build_atlas(paths: DatasetPaths, opt: AtlasOptions = AtlasOptions(), progres
     with guard:
         items = _ordered_items(paths, opt, cols)
         if not items:
-            raise NotReady(f"Dataset {paths.name!r} has no items.", "Download or add images first.")
+            raise NotReady(f"Dataset {paths.name!r} has no items.", "Download or add images first.",
+                           dataset=paths.name)
         per_page = cols * cols
         pages = math.ceil(len(items) / per_page)
         progress = or_null(progress)
@@ -80,10 +85,10 @@ def build_atlas(paths: DatasetPaths, opt: AtlasOptions = AtlasOptions(), progres
             entries += _render_page(paths, chunk, page, cols, opt, progress, skipped)
         progress.finish()
         manifest = {"tile": opt.tile, "padding": opt.padding, "grid": {"cols": cols, "rows_max": cols},
-                    "pages": [f"atlas-{p}.png" for p in range(pages)], "order": opt.order,
+                    "pages": [paths.atlas_page_name(p) for p in range(pages)], "order": opt.order,
                     "count": len(entries), "skipped": skipped, "items": entries}
         _remove_stale_pages(paths, pages)
-        atomic_write_json(paths.atlas / "manifest.json", manifest)
+        atomic_write_json(paths.atlas_manifest, manifest)
     return manifest
 
 
@@ -109,12 +114,12 @@ def _render_page(paths, chunk: list[Item], page: int, cols: int, opt: AtlasOptio
         canvas.paste(img, (x, y))
         entries.append({"id": item.id, "path": item.path, "page": page, "x": x, "y": y,
                         "w": img.width, "h": img.height})
-    with atomic_path(paths.atlas / f"atlas-{page}.png", suffix=".png") as tmp:
+    with atomic_path(paths.atlas_page(page), suffix=".png") as tmp:
         canvas.save(tmp, format="PNG", optimize=False)
     return entries
 
 
 def _remove_stale_pages(paths: DatasetPaths, pages: int) -> None:
-    old = read_json(paths.atlas / "manifest.json") or {}
+    old = read_json(paths.atlas_manifest) or {}
     for name in old.get("pages", [])[pages:]:
         (paths.atlas / name).unlink(missing_ok=True)

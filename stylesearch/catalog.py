@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from pathlib import Path
 from typing import Iterable, Sequence
+from urllib.parse import quote
 
 import numpy as np
 
-from .errors import CatalogError, ItemNotFound
-from .storage import DatasetPaths
+from .errors import CatalogError, ItemNotFound, NotReady
+from .storage import DatasetPaths, now_iso
 
 SCHEMA_VERSION = 1
 
@@ -42,10 +43,6 @@ _MIGRATIONS: list[str] = [
 ]
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 @dataclass(frozen=True)
 class Item:
     id: int
@@ -64,18 +61,52 @@ _ITEM_COLS = "id, path, size, mtime, content_hash, width, height, status, source
 
 
 class Catalog:
-    """A connection to one dataset's catalog."""
+    """A connection to one dataset's catalog.
 
-    def __init__(self, paths: DatasetPaths, create: bool = False):
+    Writers (`readonly=False`) create and migrate it and use WAL. Readers open it read-only
+    and change nothing, so searching works on a read-only mount, a backup or another user's
+    dataset; where even WAL's shared-memory file cannot be made, the file is read as immutable.
+    """
+
+    def __init__(self, paths: DatasetPaths, create: bool = False, readonly: bool = False):
         self.paths = paths
+        self.readonly = readonly and not create
         if not create and not paths.catalog.exists():
             raise CatalogError(f"Catalog missing: {paths.catalog}")
-        paths.home.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(paths.catalog), timeout=30, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        try:
+            self.conn = self._connect_readonly() if self.readonly else self._connect_writer()
+        except sqlite3.DatabaseError as exc:
+            raise CatalogError(f"Catalog {paths.catalog} cannot be opened ({exc}).",
+                               "Restore it from a backup, or move it away and embed the images again.",
+                               dataset=paths.name) from None
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        self.paths.home.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(str(self.paths.catalog), timeout=30, isolation_level=None)
+        if self.conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self._migrate()
+        return self.conn
 
+    def _connect_readonly(self) -> sqlite3.Connection:
+        uri = "file:" + quote(str(Path(self.paths.catalog).absolute()))
+        for flags in ("?mode=ro", "?mode=ro&immutable=1"):
+            conn = sqlite3.connect(uri + flags, uri=True, timeout=30, isolation_level=None)
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                break
+            except sqlite3.OperationalError:
+                conn.close()
+                if "immutable" in flags:
+                    raise
+        self._check_version(version)
+        if version < SCHEMA_VERSION:
+            conn.close()
+            raise NotReady(f"Catalog {self.paths.catalog} has the older schema version {version}.",
+                           "Any writing step (embed, index, download) upgrades it.", dataset=self.paths.name,
+                           step="embed")
+        return conn
     # -- lifecycle
     def close(self) -> None:
         self.conn.close()
@@ -86,14 +117,17 @@ class Catalog:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _migrate(self) -> None:
-        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+    def _check_version(self, version: int) -> None:
         if version > SCHEMA_VERSION:
             raise CatalogError(
                 f"Catalog {self.paths.catalog} has schema version {version}, newer than this "
                 f"stylesearch understands ({SCHEMA_VERSION}).",
-                "Upgrade stylesearch to open this dataset.",
+                "Upgrade stylesearch to open this dataset.", dataset=self.paths.name,
             )
+
+    def _migrate(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        self._check_version(version)
         for target in range(version, SCHEMA_VERSION):
             with self.transaction():
                 for statement in _MIGRATIONS[target].split(";"):
@@ -146,7 +180,7 @@ class Catalog:
             row = self.conn.execute(f"SELECT {_ITEM_COLS} FROM items WHERE path=?", (text,)).fetchone()
         if not row:
             raise ItemNotFound(f"No item {text!r} in dataset {self.paths.name!r}.",
-                               "Use an id or path as shown by `stylesearch search --format tsv`.")
+                               "Use an item id or catalog path, as search results show them.", dataset=self.paths.name)
         return Item(*row)
 
     def items_with_hash(self, content_hash: str) -> list[Item]:
@@ -219,8 +253,8 @@ class Catalog:
             "SELECT vector FROM vectors WHERE model_key=? AND content_hash=?", (model_key, item.content_hash)
         ).fetchone()
         if meta is None or row is None:
-            raise ItemNotFound(f"Item {item.path!r} has no embedding for model {model_key!r}.",
-                               f"Run `stylesearch embed {self.paths.name}` first.")
+            raise NotReady(f"Item {item.path!r} has no embedding for model {model_key!r}.",
+                           "Embed the dataset first.", dataset=self.paths.name, step="embed")
         return np.frombuffer(row[0], dtype=np.dtype(meta["dtype"])).astype(np.float32)
 
     # -- downloads
@@ -244,6 +278,10 @@ class Catalog:
     def download_counts(self) -> dict[str, int]:
         return dict(self.conn.execute("SELECT status, COUNT(*) FROM downloads GROUP BY status").fetchall())
 
+    def item_paths(self) -> set[str]:
+        """The path of every catalogued item, whatever its status (to find files no item names)."""
+        return {row[0] for row in self.conn.execute("SELECT path FROM items")}
+
 
 class _Transaction:
     def __init__(self, conn: sqlite3.Connection):
@@ -257,5 +295,6 @@ class _Transaction:
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
-def open_catalog(paths: DatasetPaths, create: bool = False) -> Catalog:
-    return Catalog(paths, create=create)
+def open_catalog(paths: DatasetPaths, create: bool = False, readonly: bool = False) -> Catalog:
+    """A writer connection (creating and migrating the catalog), or with `readonly` a reader's."""
+    return Catalog(paths, create=create, readonly=readonly)

@@ -50,8 +50,8 @@ def describe(name: str, root: str | os.PathLike | None = None) -> dict:
         downloads = cat.download_counts()
     for model in models:
         key = model["model_key"]
-        model["index"] = read_json(paths.index_dir(key) / "index.json")
-        model["metric"] = read_json(paths.metric_dir(key) / "weights.json")
+        model["index"] = read_json(paths.index_sidecar(key))
+        model["metric"] = read_json(paths.metric_meta(key))
     return {
         "name": name,
         "root": str(datasets_root(root)),
@@ -68,6 +68,6 @@ def describe(name: str, root: str | os.PathLike | None = None) -> dict:
         "downloads": downloads,
         "models": models,
         "labels": {"judgments": count_lines(paths.triplets)},
-        "thumbnails": read_json(paths.thumbs / ".transform.json"),
-        "atlas": read_json(paths.atlas / "manifest.json", {}).get("pages") if paths.atlas.exists() else None,
+        "thumbnails": read_json(paths.thumbs_params),
+        "atlas": (read_json(paths.atlas_manifest) or {}).get("pages"),
     }

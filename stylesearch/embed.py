@@ -1,17 +1,20 @@
-"""Incremental image embedding: scan, embed only new content, commit per batch."""
+"""Incremental image embedding: scan, find content without vectors, encode, commit per batch.
+
+How vectors are computed is the Encoder's business (encoders/); this module decides what
+needs embedding and stores the results.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from .catalog import Catalog, open_catalog
 from .dataset import create_dataset
-from .images import BadImage, item_file, load_rgb
-from .models import LoadedModel, ModelSpec, load_model
+from .encoders import Encoder, EncoderOptions, make_encoder
+from .models import ModelSpec
 from .progress import Progress, or_null
 from .scan import scan
 from .storage import DatasetPaths, writer_lock
@@ -33,40 +36,8 @@ class EmbedResult:
 
 
 @dataclass(frozen=True)
-class EmbedOptions:
-    batch_size: int = 32
-    workers: int | None = None  # decode/preprocess processes; None = one per core
-    device: str = "auto"
-    precision: str = "auto"
+class EmbedOptions(EncoderOptions):
     storage_dtype: str = "float32"  # or float16
-
-
-class _DecodeDataset:
-    """Decodes and preprocesses one image per index; failures become None (counted, skipped)."""
-
-    def __init__(self, files: Sequence[Path], preprocess):
-        self.files = list(files)
-        self.preprocess = preprocess
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int):
-        try:
-            return i, self.preprocess(load_rgb(self.files[i])), None
-        except BadImage as exc:
-            return i, None, exc.message
-        except OSError as exc:
-            return i, None, str(exc)
-
-
-def _collate(batch):
-    import torch
-
-    good = [(i, t) for i, t, _ in batch if t is not None]
-    bad = [(i, err) for i, t, err in batch if t is None]
-    pixels = torch.stack([t for _, t in good]) if good else None
-    return [i for i, _ in good], pixels, bad
 
 
 def _pending(catalog: Catalog, model_key: str) -> tuple[list[str], list[Path], int]:
@@ -80,18 +51,19 @@ def _pending(catalog: Catalog, model_key: str) -> tuple[list[str], list[Path], i
         elif item.content_hash not in seen:
             seen.add(item.content_hash)
             hashes.append(item.content_hash)
-            files.append(item_file(catalog.paths.images, item.path))
+            files.append(catalog.paths.item_file(item.path))
     return hashes, files, already
 
 
 def embed_dataset(paths: DatasetPaths, spec: ModelSpec, files: Sequence[Path] | None = None,
                   options: EmbedOptions = EmbedOptions(), progress: Progress | None = None,
-                  model: LoadedModel | None = None, lock: bool = True, create: bool = False) -> EmbedResult:
+                  model=None, lock: bool = True, create: bool = False,
+                  encoder: Encoder | None = None) -> EmbedResult:
     """Bring `spec`'s vectors up to date with the dataset's files.
 
     Only content without a vector is embedded (renamed or duplicate files reuse vectors);
     vectors are committed per batch, so an interrupted run resumes where it stopped.
-    The model is not loaded at all when nothing needs embedding.
+    The encoder (and its model) is not made at all when nothing needs embedding.
     """
     if create:
         create_dataset(paths)
@@ -102,42 +74,36 @@ def embed_dataset(paths: DatasetPaths, spec: ModelSpec, files: Sequence[Path] | 
         result = EmbedResult(spec.key, scanned.as_dict(), already_embedded=already, warnings=scanned.warnings)
         if not todo:
             return result
-        model = model or load_model(spec, options.device, options.precision)
-        result.device = model.device
-        dtype = _storage_dtype(catalog, model, spec, options.storage_dtype)
-        _embed_files(catalog, model, hashes, todo, options, dtype, or_null(progress), result)
+        encoder = encoder or make_encoder(spec, options, model)
+        result.device = encoder.device
+        dtype = _storage_dtype(catalog, encoder, spec, options.storage_dtype)
+        _commit_batches(catalog, encoder, hashes, todo, dtype, or_null(progress), result)
     return result
 
 
-def _storage_dtype(catalog: Catalog, model: LoadedModel, spec: ModelSpec, wanted: str) -> str:
+def _storage_dtype(catalog: Catalog, encoder: Encoder, spec: ModelSpec, wanted: str) -> str:
     known = catalog.model(spec.key)
     if known:
         return known["dtype"]
-    catalog.ensure_model(spec.key, spec.name, spec.pretrained or "", model.dim, wanted)
+    catalog.ensure_model(spec.key, spec.name, spec.pretrained or "", encoder.dim, wanted)
     return wanted
 
 
-def _embed_files(catalog: Catalog, model: LoadedModel, hashes: list[str], files: list[Path],
-                 options: EmbedOptions, dtype: str, progress: Progress, result: EmbedResult) -> None:
-    from torch.utils.data import DataLoader
-
-    workers = options.workers if options.workers is not None else min(8, os.cpu_count() or 1)
-    loader = DataLoader(_DecodeDataset(files, model.preprocess), batch_size=options.batch_size,
-                        num_workers=workers, collate_fn=_collate, pin_memory=model.device.startswith("cuda"),
-                        prefetch_factor=4 if workers else None)
+def _commit_batches(catalog: Catalog, encoder: Encoder, hashes: list[str], files: list[Path], dtype: str,
+                    progress: Progress, result: EmbedResult) -> None:
     progress.start("embedding", len(files))
     try:
-        for idx, pixels, bad in loader:
+        for batch in encoder.encode(files):
             with catalog.transaction():
-                if pixels is not None:
-                    catalog.put_vectors(model.key, [hashes[i] for i in idx],
-                                        model.encode_images(pixels), dtype)
-                    result.embedded += len(idx)
-                for i, err in bad:
+                if batch.vectors is not None and len(batch.indices):
+                    catalog.put_vectors(result.model_key, [hashes[i] for i in batch.indices],
+                                        batch.vectors, dtype)
+                    result.embedded += len(batch.indices)
+                for i, err in batch.failures:
                     _mark_corrupt(catalog, hashes[i])
                     result.failed += 1
                     result.warnings.append(f"{files[i]}: {err}")
-            progress.advance(len(idx) + len(bad))
+            progress.advance(len(batch.indices) + len(batch.failures))
     finally:
         progress.finish()
 

@@ -8,14 +8,22 @@ from __future__ import annotations
 
 
 class StyleSearchError(Exception):
-    """Base error: a message for the user plus an optional hint on how to fix it."""
+    """Base error: a message for the user plus an optional hint on how to fix it.
+
+    Messages and hints are phrased for any frontend (no command-line flags). `dataset` and
+    `step` (the library step that has to run first, e.g. "embed") let each frontend add its
+    own advice: the CLI names the command to run, the HTTP server returns them as fields.
+    """
 
     exit_code = 1
 
-    def __init__(self, message: str, hint: str | None = None):
+    def __init__(self, message: str, hint: str | None = None, *, dataset: str | None = None,
+                 step: str | None = None):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.dataset = dataset
+        self.step = step
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n{self.hint}"

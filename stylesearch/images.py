@@ -53,13 +53,13 @@ def image_size(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[i
 
 
 def load_rgb(source: str | os.PathLike | bytes, draft: int | None = None, max_pixels: int = MAX_PIXELS):
-    """Fully decode to an RGB PIL image with EXIF orientation applied.
+    """Fully decode to an RGB PIL image with EXIF orientation applied (colours as to_rgb makes them).
 
     `draft` asks JPEG decoders to reduce on decode (by 2, 4 or 8) while keeping the long side
     at least `draft` pixels.
     Raises BadImage for corrupt, truncated or oversized input.
     """
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     img = _open(stream, max_pixels)
@@ -68,17 +68,68 @@ def load_rgb(source: str | os.PathLike | bytes, draft: int | None = None, max_pi
             scale = draft / max(img.size)  # keep the long side >= draft after reduce-on-decode
             img.draft("RGB", (max(1, round(img.width * scale)), max(1, round(img.height * scale))))
         img.load()
-        img = ImageOps.exif_transpose(img)
-        if img.mode != "RGB":
-            img = img.convert("RGBA").convert("RGB") if "A" in img.getbands() or img.mode == "P" else img.convert("RGB")
-        return img
+        return to_rgb(ImageOps.exif_transpose(img))
     except BadImage:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Exception as exc:  # PIL raises many types for corrupt data
         raise BadImage(f"cannot decode ({type(exc).__name__}: {exc})") from None
 
 
-def item_file(images_dir: Path, item_path: str) -> Path:
-    """The file of an item: relative paths live under the dataset's images folder."""
-    p = Path(item_path)
-    return p if p.is_absolute() else images_dir / p
+BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
+
+
+def to_rgb(img):
+    """An 8-bit RGB image of any mode.
+
+    Transparency (alpha, or a transparent palette entry or colour) is composited on white.
+    16-bit greys (I;16, I;16B, ...) are divided by 257; 32-bit integer (I) and float (F) greys
+    are scaled by their values' range: 0..1 (floats) or 0..255 as 8 bit, 0..65535 as 16 bit,
+    else from min(0, lowest) to the highest value. LAB goes through a colour transform.
+    """
+    from PIL import Image
+
+    if img.mode == "RGB" and "transparency" not in img.info:
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        return Image.fromarray(_grey_to_8bit(img)).convert("RGB")
+    if img.mode == "LAB":
+        return _lab_to_rgb(img)
+    if img.mode in ("La", "RGBa") or "A" in img.getbands() or "transparency" in img.info:
+        rgba = (img.convert("LA") if img.mode == "La" else img).convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", img.size, BACKGROUND + (255,)), rgba).convert("RGB")
+    try:
+        return img.convert("RGB")
+    except ValueError:
+        raise BadImage(f"unsupported colour mode {img.mode}") from None
+
+
+def _grey_to_8bit(img):
+    """uint8 pixels of a 16-bit (I;16*), 32-bit integer (I) or float (F) grey image."""
+    import numpy as np
+
+    if img.mode.startswith("I;16"):
+        wide = np.asarray(img)
+        return ((wide.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    values = np.asarray(img, dtype=np.float32)
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    values = np.clip(np.nan_to_num(values, nan=low), low, high)  # NaN as the lowest value, infinities clipped
+    if low >= 0 and high <= 1 and img.mode == "F":
+        values = values * 255
+    elif low >= 0 and high <= 65535 and high > 255:
+        values = values / 257
+    elif low < 0 or high > 65535:
+        base = min(low, 0.0)
+        values = (values - base) * (255 / ((high - base) or 1.0))
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def _lab_to_rgb(img):
+    from PIL import ImageCms
+
+    try:
+        lab_to_srgb = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"),
+                                              "LAB", "RGB")
+        return ImageCms.applyTransform(img, lab_to_srgb)
+    except (ImageCms.PyCMSError, OSError, ValueError) as exc:
+        raise BadImage(f"cannot convert LAB colours ({exc})") from None

@@ -11,16 +11,16 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import numpy as np
 
 from .catalog import open_catalog
+from .choices import INDEX_KINDS
 from .errors import NotReady, UserError
 from .progress import Progress, or_null
-from .storage import DatasetPaths, atomic_path, atomic_write_json, read_json, writer_lock
+from .storage import DatasetPaths, atomic_path, atomic_write_json, now_iso, read_json, remove_stale_temp_files, writer_lock
 
-KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+KINDS = INDEX_KINDS
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 100, 256
 IVF_NPROBE = 16
 
@@ -99,7 +99,7 @@ def load_index(paths: DatasetPaths, model_key: str, effort: int | None = None) -
     import faiss
 
     for _ in range(2):
-        meta = read_json(paths.index_dir(model_key) / "index.json")
+        meta = read_json(paths.index_sidecar(model_key))
         if meta is None:
             return None
         try:
@@ -110,7 +110,8 @@ def load_index(paths: DatasetPaths, model_key: str, effort: int | None = None) -
             faiss.extract_index_ivf(index.index).make_direct_map()
         tune(index, meta["kind"], effort)
         return LoadedIndex(index, meta)
-    raise NotReady(f"Index of {model_key} could not be read.", f"Rebuild it: `stylesearch index {paths.name}`.")
+    raise NotReady(f"Index of {model_key} could not be read.", "Build the index again.", dataset=paths.name,
+                   step="index")
 
 
 def build_index(paths: DatasetPaths, model_key: str, kind: str = "auto", full: bool = False,
@@ -124,12 +125,12 @@ def build_index(paths: DatasetPaths, model_key: str, kind: str = "auto", full: b
         raise UserError(f"Unknown index kind {kind!r}.", f"Choose one of: {', '.join(KINDS)}.")
     guard = writer_lock(paths) if lock else contextlib.nullcontext()
     with guard:
-        with open_catalog(paths) as catalog:
+        with open_catalog(paths, readonly=True) as catalog:
             model = catalog.model(model_key)
             ids, hashes, vectors = catalog.load_vectors_with_hashes(model_key)
         if model is None or not len(ids):
             raise NotReady(f"No embeddings for model {model_key} in {paths.name!r}.",
-                           f"Run `stylesearch embed {paths.name}` first.")
+                           "Embed the dataset first.", dataset=paths.name, step="embed")
         keys = _hash_keys(hashes)
         resolved = choose_kind(len(ids)) if kind == "auto" else kind
         return _write(paths, model, ids, keys, vectors, resolved, full, or_null(progress))
@@ -185,31 +186,37 @@ def _save(paths, model, index, member_ids, member_keys, kind, mode) -> dict:
     import faiss
 
     folder = paths.index_dir(model["model_key"])
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + f"-{time.monotonic_ns() % 10**6:06d}"
-    old_meta = read_json(folder / "index.json")
-    with atomic_path(folder / f"index-{stamp}.faiss") as tmp:
+    stamp = now_iso().replace(":", "").replace("-", "").split("+")[0] + f"-{time.monotonic_ns() % 10**6:06d}"
+    index_name, members_name = paths.index_version_names(stamp)
+    with atomic_path(folder / index_name) as tmp:
         faiss.write_index(index, str(tmp))
-    with atomic_path(folder / f"members-{stamp}.npz", suffix=".npz") as tmp:
+    with atomic_path(folder / members_name, suffix=".npz") as tmp:
         np.savez(tmp, ids=member_ids, keys=member_keys)
     meta = {
         "model_key": model["model_key"], "model": model["model_name"], "pretrained": model["pretrained"],
         "dim": int(model["dim"]), "kind": kind, "count": int(index.ntotal), "mode": mode,
-        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "file": f"index-{stamp}.faiss", "members": f"members-{stamp}.npz",
+        "built_at": now_iso(), "file": index_name, "members": members_name,
     }
-    atomic_write_json(folder / "index.json", meta)
-    if old_meta:
-        for name in (old_meta["file"], old_meta["members"]):
-            (folder / name).unlink(missing_ok=True)
+    atomic_write_json(paths.index_sidecar(model["model_key"]), meta)
+    _remove_unnamed_versions(paths, folder, {index_name, members_name})
     return meta
+
+
+def _remove_unnamed_versions(paths: DatasetPaths, folder, keep: set[str]) -> None:
+    """Delete index versions the sidecar no longer names (older builds, or ones a crash left behind)
+    and temp files of interrupted writes. Readers holding an old file open keep reading it."""
+    for file in folder.iterdir():
+        if paths.is_index_version_name(file.name) and file.name not in keep:
+            file.unlink(missing_ok=True)
+    remove_stale_temp_files(folder)
 
 
 def check_recall(paths: DatasetPaths, model_key: str, sample: int = 200, k: int = 10, seed: int = 0) -> float:
     """recall@k of the stored index against exact inner-product search, on sampled queries."""
     loaded = load_index(paths, model_key)
     if loaded is None:
-        raise NotReady(f"No index for {model_key}.", f"Run `stylesearch index {paths.name}`.")
-    with open_catalog(paths) as catalog:
+        raise NotReady(f"No index for {model_key}.", "Build the index first.", dataset=paths.name, step="index")
+    with open_catalog(paths, readonly=True) as catalog:
         ids, vectors = catalog.load_vectors(model_key)
     return recall_at_k(loaded, ids, vectors, sample, k, seed)
 

@@ -1,190 +1,174 @@
-"""A learned per-dimension weighted Euclidean metric: d(x,y) = sqrt(sum_i w_i (x_i - y_i)^2).
+"""Learned similarity metrics behind one interface.
 
-Trained from triplet judgments with a triplet margin loss; "too similar" and "anchor too
-different" skips add equality terms pulling d(a,x) and d(a,y) together; a penalty keeps w
-near uniform. Weights are non-negative (softplus) and normalised to mean 1, so with
-uniform weights the metric is plain Euclidean distance on the unit vectors.
+A Metric turns embedding vectors into similarity scores and into a Euclidean space where
+plain L2 distance equals the metric's distance (what the index and UMAP use). Kinds:
+
+- `IdentityMetric`: no learned metric (or `raw`): cosine similarity of the unit vectors.
+- `DiagonalMetric`: d(x,y) = sqrt(sum_i w_i (x_i - y_i)^2), non-negative w with mean 1.
+- `LowRankMetric`: d(x,y) = ||P (x - y)||, a learned linear projection head P (rank x dim).
+
+Scores are 1 - d^2/2, which equals cosine similarity for unit vectors under the identity.
+`weights.json` names the kind; its parameters live in `weights.npz`. Fitting lives in
+metric_train.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timezone
+import hashlib
+from typing import ClassVar
 
 import numpy as np
 
-from .catalog import open_catalog
-from .errors import NotReady
-from .labels import DECISIVE, EQUALITY, read_log
+from .errors import CatalogError
 from .storage import DatasetPaths, atomic_path, atomic_write_json, read_json
 
 
-@dataclass(frozen=True)
-class TrainOptions:
-    epochs: int = 60
-    margin: float = 0.05
-    lr: float = 0.05
-    seed: int = 0
-    val_fraction: float = 0.2
-    equality_weight: float = 1.0
-    regularization: float = 0.01
-    batch_size: int = 512
+class Metric:
+    """Interface of every metric kind."""
 
+    kind: ClassVar[str] = "identity"
+    learned: ClassVar[bool] = False
 
-# ---------------------------------------------------------------- applying weights
+    def __init__(self, meta: dict | None = None):
+        self.meta = dict(meta or {})
 
+    @property
+    def version(self) -> str | None:
+        """Identity of the trained parameters (None for the identity metric)."""
+        return self.meta.get("version")
 
-def load_weights(paths: DatasetPaths, model_key: str) -> np.ndarray | None:
-    try:
-        return np.load(paths.metric_dir(model_key) / "weights.npy")
-    except FileNotFoundError:
+    def to_euclidean(self, vectors: np.ndarray) -> np.ndarray:
+        """Vectors whose plain Euclidean distances equal this metric's distances."""
+        return vectors
+
+    def scores(self, query: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """Similarity of each row of `vectors` to `query`: 1 - d^2/2 (cosine for the identity)."""
+        diff = self.to_euclidean(vectors - query[None, :])
+        return 1.0 - 0.5 * np.einsum("ij,ij->i", diff, diff)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Parameters to save."""
+        return {}
+
+    @property
+    def input_dim(self) -> int | None:
         return None
 
 
-def load_metric_meta(paths: DatasetPaths, model_key: str) -> dict | None:
-    return read_json(paths.metric_dir(model_key) / "weights.json")
+class IdentityMetric(Metric):
+    """Plain cosine similarity of unit vectors."""
 
-
-def weighted_scores(query: np.ndarray, vectors: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
-    """Similarity 1 - d^2/2: equals cosine similarity for unit vectors under uniform weights."""
-    if weights is None:
+    def scores(self, query: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         return vectors @ query
-    diff = vectors - query
-    return 1.0 - 0.5 * (diff * diff) @ weights
 
 
-def scale_vectors(vectors: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
-    """Vectors whose plain Euclidean distances equal the weighted metric's."""
-    return vectors if weights is None else vectors * np.sqrt(weights).astype(vectors.dtype)
+class DiagonalMetric(Metric):
+    """Per-dimension weighted Euclidean distance."""
+
+    kind = "diagonal"
+    learned = True
+
+    def __init__(self, weights: np.ndarray, meta: dict | None = None):
+        super().__init__(meta)
+        self.weights = np.asarray(weights, dtype=np.float32).reshape(-1)
+        self._scale = np.sqrt(np.maximum(self.weights, 0.0))
+
+    def to_euclidean(self, vectors: np.ndarray) -> np.ndarray:
+        return vectors * self._scale.astype(vectors.dtype, copy=False)
+
+    def scores(self, query: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        diff = vectors - query
+        return 1.0 - 0.5 * (diff * diff) @ self.weights
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"weights": self.weights}
+
+    @property
+    def input_dim(self) -> int:
+        return len(self.weights)
 
 
-# ---------------------------------------------------------------- training
+class LowRankMetric(Metric):
+    """A learned linear projection head: d(x,y) = ||P (x - y)||, P of shape (rank, dim)."""
+
+    kind = "lowrank"
+    learned = True
+
+    def __init__(self, projection: np.ndarray, meta: dict | None = None):
+        super().__init__(meta)
+        self.projection = np.asarray(projection, dtype=np.float32)
+        if self.projection.ndim != 2:
+            raise ValueError("projection must be a (rank, dim) matrix")
+
+    def to_euclidean(self, vectors: np.ndarray) -> np.ndarray:
+        return vectors @ self.projection.T.astype(vectors.dtype, copy=False)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"projection": self.projection}
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.projection.shape[1])
 
 
-@dataclass
-class TripletArrays:
-    """Squared differences (a-x)^2, (a-y)^2 per triplet; for decisive ones x is the chosen option."""
-
-    near: np.ndarray
-    far: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.near)
-
-    def subset(self, idx) -> "TripletArrays":
-        return TripletArrays(self.near[idx], self.far[idx])
+KINDS: dict[str, type[Metric]] = {"diagonal": DiagonalMetric, "lowrank": LowRankMetric}
 
 
-def _sq_diffs(vec: dict, rows: list[tuple[str, str, str]]) -> TripletArrays:
-    dim = len(next(iter(vec.values())))
-    near = np.array([(vec[a] - vec[x]) ** 2 for a, x, _ in rows], dtype=np.float64).reshape(-1, dim)
-    far = np.array([(vec[a] - vec[y]) ** 2 for a, _, y in rows], dtype=np.float64).reshape(-1, dim)
-    return TripletArrays(near, far)
+def _from_arrays(arrays, meta: dict) -> Metric:
+    kind = str(arrays["kind"]) if "kind" in arrays else meta.get("kind", "diagonal")
+    meta = {**meta, "kind": kind, "version": str(arrays["version"]) if "version" in arrays else meta.get("version")}
+    if kind == "diagonal":
+        return DiagonalMetric(arrays["weights"], meta)
+    if kind == "lowrank":
+        return LowRankMetric(arrays["projection"], meta)
+    raise CatalogError(f"Unknown metric kind {kind!r}.",
+                       "It was written by a newer stylesearch; upgrade, or train the metric again.")
 
 
-def normalise(s: np.ndarray) -> np.ndarray:
-    return s * (len(s) / s.sum())
+def load_metric(paths: DatasetPaths, model_key: str, raw: bool = False, dim: int | None = None) -> Metric:
+    """The learned metric of a model (IdentityMetric when none is trained, or when `raw`).
+
+    With `dim`, a metric trained for vectors of another size is refused with a clear error.
+    """
+    if raw:
+        return IdentityMetric()
+    meta = read_json(paths.metric_meta(model_key))
+    try:
+        if paths.metric_arrays(model_key).exists():
+            with np.load(paths.metric_arrays(model_key)) as data:
+                metric = _from_arrays(data, meta or {})
+        elif paths.legacy_metric_weights(model_key).exists():
+            metric = DiagonalMetric(np.load(paths.legacy_metric_weights(model_key)), meta)
+        else:
+            return IdentityMetric()
+    except (OSError, ValueError, KeyError) as exc:
+        raise CatalogError(f"The learned metric in {paths.metric_dir(model_key)} cannot be read ({exc}).",
+                           "Train the metric again, or delete that folder to search without it.",
+                           dataset=paths.name, step="train") from None
+    if dim is not None and metric.input_dim != dim:
+        raise CatalogError(
+            f"The learned metric in {paths.metric_dir(model_key)} is for {metric.input_dim}-dimensional "
+            f"vectors, but model {model_key} gives {dim} dimensions.",
+            "Train the metric again for this model, or delete that folder to search without it.",
+            dataset=paths.name, step="train")
+    return metric
 
 
-def _softplus(x):
-    return np.logaddexp(0.0, x)
+def metric_version(metric: Metric) -> str:
+    """A short hash of the kind and parameters: changes whenever the metric does."""
+    digest = hashlib.sha256(metric.kind.encode())
+    for name, array in sorted(metric.arrays().items()):
+        digest.update(name.encode() + np.ascontiguousarray(array, dtype=np.float32).tobytes())
+    return digest.hexdigest()[:16]
 
 
-def agreement(data: TripletArrays, weights: np.ndarray) -> float:
-    """Fraction of decisive triplets where the chosen option is the nearer one."""
-    if not len(data):
-        return float("nan")
-    return float(np.mean(data.near @ weights < data.far @ weights))
-
-
-def _gradient(w: np.ndarray, dec: TripletArrays, eq: TripletArrays, opt: TrainOptions) -> np.ndarray:
-    eps = 1e-9
-    grad = 2.0 * opt.regularization * (w - 1.0) / len(w)
-    if len(dec):
-        dn, df = np.sqrt(dec.near @ w + eps), np.sqrt(dec.far @ w + eps)
-        active = (opt.margin + dn - df) > 0
-        if active.any():
-            grad += ((dec.near[active] / (2 * dn[active, None])) - (dec.far[active] / (2 * df[active, None]))).sum(0) / len(dec)
-    if len(eq):
-        dl, dr = np.sqrt(eq.near @ w + eps), np.sqrt(eq.far @ w + eps)
-        coef = 2.0 * (dl - dr) * opt.equality_weight / len(eq)
-        grad += (coef[:, None] * (eq.near / (2 * dl[:, None]) - eq.far / (2 * dr[:, None]))).sum(0)
-    return grad
-
-
-def fit_weights(dec: TripletArrays, eq: TripletArrays, dim: int, opt: TrainOptions) -> np.ndarray:
-    """Adam on theta, with w = normalise(softplus(theta)); returns the mean-1 weights."""
-    rng = np.random.default_rng(opt.seed)
-    theta = np.zeros(dim)
-    m, v = np.zeros(dim), np.zeros(dim)
-    step = 0
-    n = max(len(dec), len(eq), 1)
-    for _ in range(opt.epochs):
-        order_d, order_e = rng.permutation(len(dec)), rng.permutation(len(eq))
-        for start in range(0, n, opt.batch_size):
-            s = _softplus(theta)
-            w = normalise(s)
-            batch_d = dec.subset(order_d[start:start + opt.batch_size]) if len(dec) else dec
-            batch_e = eq.subset(order_e[start % max(1, len(eq)):][: opt.batch_size]) if len(eq) else eq
-            g_w = _gradient(w, batch_d, batch_e, opt)
-            total = s.sum()
-            g_s = dim / total * g_w - dim / total**2 * (g_w @ s)
-            g = g_s / (1.0 + np.exp(-theta))
-            step += 1
-            m = 0.9 * m + 0.1 * g
-            v = 0.999 * v + 0.001 * g * g
-            theta -= opt.lr * (m / (1 - 0.9**step)) / (np.sqrt(v / (1 - 0.999**step)) + 1e-8)
-    return normalise(_softplus(theta)).astype(np.float32)
-
-
-def _rows(judgments: list[dict], known: dict) -> tuple[list, list]:
-    decisive, equal = [], []
-    for j in judgments:
-        a, l, r = j["anchor"], j["left"], j["right"]
-        if not all(p in known for p in (a, l, r)):
-            continue
-        if j["choice"] in DECISIVE:
-            decisive.append((a, l, r) if j["choice"] == "left" else (a, r, l))
-        elif j["choice"] in EQUALITY:
-            equal.append((a, l, r))
-    return decisive, equal
-
-
-def train_metric(paths: DatasetPaths, model_key: str, opt: TrainOptions = TrainOptions()) -> dict:
-    """Learn weights from the dataset's judgments log and save them atomically; returns metadata."""
-    log = read_log(paths.triplets)
-    with open_catalog(paths) as catalog:
-        ids, vectors = catalog.load_vectors(model_key)
-        path_of = {it.id: it.path for it in catalog.items("ok")}
-    vec = {path_of[int(i)]: vectors[k].astype(np.float64) for k, i in enumerate(ids)}
-    decisive, equal = _rows(log.judgments, vec)
-    if len(decisive) < 5:
-        raise NotReady(f"Only {len(decisive)} usable A/B judgments for {model_key}; at least 5 are needed.",
-                       f"Label more with `stylesearch label {paths.name}`.")
-    rng = np.random.default_rng(opt.seed)
-    order = rng.permutation(len(decisive))
-    n_val = max(1, int(round(len(decisive) * opt.val_fraction)))
-    val = _sq_diffs(vec, [decisive[i] for i in order[:n_val]])
-    train = _sq_diffs(vec, [decisive[i] for i in order[n_val:]])
-    eq = _sq_diffs(vec, equal) if equal else TripletArrays(np.zeros((0, vectors.shape[1])), np.zeros((0, vectors.shape[1])))
-    weights = fit_weights(train, eq, vectors.shape[1], opt)
-    meta = {
-        "model_key": model_key, "dim": int(vectors.shape[1]),
-        "train_triplets": len(train), "val_triplets": len(val), "equality_triplets": len(eq),
-        "skipped_unknown": sum(j["choice"] == "unknown" for j in log.judgments),
-        "malformed_lines": log.malformed, "undone": log.undone,
-        "agreement_before": agreement(val, np.ones(vectors.shape[1])),
-        "agreement_after": agreement(val, weights.astype(np.float64)),
-        "train_agreement_after": agreement(train, weights.astype(np.float64)),
-        "epochs": opt.epochs, "margin": opt.margin, "lr": opt.lr, "seed": opt.seed,
-        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    save_weights(paths, model_key, weights, meta)
+def save_metric(paths: DatasetPaths, model_key: str, metric: Metric) -> dict:
+    """Save parameters (with kind and version, one atomic file), then the metadata; returns it."""
+    version = metric_version(metric)
+    with atomic_path(paths.metric_arrays(model_key), suffix=".npz") as tmp:
+        np.savez(tmp, kind=np.array(metric.kind), version=np.array(version), **metric.arrays())
+    meta = {**metric.meta, "kind": metric.kind, "version": version}
+    atomic_write_json(paths.metric_meta(model_key), meta)
+    paths.legacy_metric_weights(model_key).unlink(missing_ok=True)
+    metric.meta = meta
     return meta
-
-
-def save_weights(paths: DatasetPaths, model_key: str, weights: np.ndarray, meta: dict) -> None:
-    folder = paths.metric_dir(model_key)
-    with atomic_path(folder / "weights.npy", suffix=".npy") as tmp:
-        np.save(tmp, weights)
-    atomic_write_json(folder / "weights.json", meta)

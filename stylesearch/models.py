@@ -16,36 +16,52 @@ from pathlib import Path
 
 import numpy as np
 
+from .choices import PRECISIONS
 from .errors import ModelWeightsMissing, UserError
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+# Preferred weights of well-known architectures; other models take open_clip's first listed tag.
+PREFERRED_TAGS = {DEFAULT_MODEL: DEFAULT_PRETRAINED, "ViT-B-16": "laion2b_s34b_b88k",
+                  "ViT-L-14": "laion2b_s32b_b82k", "ViT-H-14": "laion2b_s32b_b79k"}
 RANDOM = "random"  # explicit random init (demo / tests); deterministic seed
+SCHEMAS = ("hf-hub:", "local-dir:")  # model names that carry their own weights
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 
 _FIX_HINT = (
-    "Fix it one of these ways: (1) on a machine with internet, run the same command once so the "
+    "Fix it one of these ways: (1) on a machine with internet, load the same model once so the "
     "weights land in the Hugging Face cache ($HF_HOME, default ~/.cache/huggingface), then copy that "
-    "cache here and set HF_HUB_OFFLINE=1; (2) download the checkpoint file yourself and pass "
-    "--pretrained /path/to/open_clip_model.safetensors (or .bin/.pt); (3) pick a model/tag that is "
-    "already cached (`--model`, `--pretrained`)."
+    "cache here and set HF_HUB_OFFLINE=1; (2) download the checkpoint file yourself and give its path "
+    "(open_clip_model.safetensors, .bin or .pt) as the pretrained weights; (3) choose a model and "
+    "pretrained tag that are already cached."
 )
+
+
+def has_schema(name: str) -> bool:
+    """Whether a model name is an hf-hub:/local-dir: reference that carries its own weights."""
+    return name.startswith(SCHEMAS)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which model to use: an open_clip name (or hf-hub:/local-dir: schema) and weights source."""
+    """Which model to use: an open_clip name (or hf-hub:/local-dir: schema) and weights source.
+
+    `stored_key` keeps the catalog's key of an embedded model (a weights file may have moved).
+    """
 
     name: str = DEFAULT_MODEL
     pretrained: str | None = DEFAULT_PRETRAINED
+    stored_key: str | None = None
 
     @property
     def has_schema(self) -> bool:
-        return self.name.startswith(("hf-hub:", "local-dir:"))
+        return has_schema(self.name)
 
     @property
     def key(self) -> str:
         """Storage key: vectors of different models/weights never mix."""
+        if self.stored_key:
+            return self.stored_key
         if self.has_schema:
             source = "hub" if self.name.startswith("hf-hub:") else "dir"
             tail = self.name.split(":", 1)[1]
@@ -76,12 +92,28 @@ def _file_fingerprint(path: str) -> str:
     return digest.hexdigest()[:12]
 
 
+def default_pretrained(name: str) -> str:
+    """The weights a model name means when no pretrained tag is given."""
+    if name in PREFERRED_TAGS:
+        return PREFERRED_TAGS[name]
+    import open_clip
+
+    _register_configs()
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if not tags:
+        known = name.replace("/", "-") in open_clip.list_models()
+        raise UserError(f"Model {name!r} has no pretrained tags." if known else f"Unknown open_clip model {name!r}.",
+                        "Give its weights as a file path (or 'random' for a random init)." if known else
+                        "Use a name from open_clip.list_models(), or an hf-hub:ORG/REPO or local-dir:/path reference.")
+    return tags[0]
+
+
 def pick_device(requested: str = "auto") -> str:
     import torch
 
     if requested != "auto":
         if requested.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"Device {requested!r} requested but CUDA is not available.", "Use --device cpu or auto.")
+            raise UserError(f"Device {requested!r} requested but CUDA is not available.", "Use the cpu or auto device.")
         return requested
     if torch.cuda.is_available():
         return "cuda"
@@ -144,7 +176,7 @@ def resolve_tag_checkpoint(name: str, tag: str, cache_dir: str | None = None,
     if not cfg:
         tags = ", ".join(list_pretrained_tags_by_model(name)) or "none"
         raise UserError(f"Unknown pretrained tag {tag!r} for model {name!r}.",
-                        f"Known tags: {tags}. Or pass --pretrained /path/to/weights.")
+                        f"Known tags: {tags}. Or give the path of a weights file.")
     path = None
     if cfg.get("hf_hub"):
         repo_id, filename = os.path.split(cfg["hf_hub"])
@@ -231,6 +263,8 @@ def load_model(spec: ModelSpec, device: str = "auto", precision: str = "auto") -
     import open_clip
     import torch
 
+    if precision not in PRECISIONS:
+        raise UserError(f"Unknown precision {precision!r}.", f"Choose one of: {', '.join(PRECISIONS)}.")
     _register_configs()
     device = pick_device(device)
     kwargs: dict = {}
@@ -239,8 +273,7 @@ def load_model(spec: ModelSpec, device: str = "auto", precision: str = "auto") -
         pretrained = None
     elif spec.name.replace("/", "-") not in open_clip.list_models():
         raise UserError(f"Unknown open_clip model {spec.name!r}.",
-                        "See `python -c 'import open_clip; print(open_clip.list_models())'` for names, "
-                        "or use hf-hub:ORG/REPO or local-dir:/path.")
+                        "Use a name from open_clip.list_models(), or an hf-hub:ORG/REPO or local-dir:/path reference.")
     elif spec.pretrained in (None, RANDOM):
         torch.manual_seed(0)  # deterministic random init so reruns give the same vectors
         pretrained = None
@@ -259,7 +292,7 @@ def load_model(spec: ModelSpec, device: str = "auto", precision: str = "auto") -
         if pretrained is None and not spec.has_schema:
             raise
         raise UserError(f"The weights do not fit model {spec.name!r} ({type(exc).__name__}: {str(exc)[:200]}).",
-                        "Check that --model names the architecture the checkpoint was trained with.") from None
+                        "Check that the model names the architecture the checkpoint was trained with.") from None
     model.eval()
     if device == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))

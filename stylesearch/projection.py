@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from .catalog import open_catalog
+from .choices import COORD_FORMATS
 from .errors import NotReady, UserError
 from .images import BadImage, load_rgb
-from .metric import load_weights, scale_vectors
+from .metric import load_metric
 from .progress import Progress, or_null
-from .storage import DatasetPaths, atomic_path, atomic_write_bytes
-from .transform import thumb_format, thumbnail_for
+from .storage import DatasetPaths, atomic_path, atomic_write_bytes, thumb_format, thumbnail_for
 
 
 @dataclass(frozen=True)
@@ -56,12 +56,12 @@ def project_dataset(paths: DatasetPaths, model_key: str, opt: UmapOptions = Umap
                     progress: Progress | None = None) -> list[dict]:
     """UMAP rows (id, path, x, y) for every embedded item; saves them for atlas ordering."""
     progress = or_null(progress)
-    with open_catalog(paths) as catalog:
+    with open_catalog(paths, readonly=True) as catalog:
         ids, vectors = catalog.load_vectors(model_key)
         items = {it.id: it for it in catalog.items("ok")}
-    weights = None if opt.raw else load_weights(paths, model_key)
+    metric = load_metric(paths, model_key, raw=opt.raw, dim=vectors.shape[1] if len(vectors) else None)
     progress.start("umap", None)
-    coords = umap_2d(scale_vectors(vectors, weights), opt)
+    coords = umap_2d(metric.to_euclidean(vectors), opt)
     progress.finish()
     save_projection(paths, model_key, ids, coords)
     return [{"id": int(i), "path": items[int(i)].path, "x": float(c[0]), "y": float(c[1]),
@@ -112,7 +112,7 @@ def format_coords(rows: list[dict], fmt: str) -> bytes:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         return sink.getvalue().to_pybytes()
-    raise UserError(f"Unknown coordinate format {fmt!r}.", "Use csv, json or parquet.")
+    raise UserError(f"Unknown coordinate format {fmt!r}.", f"Use one of: {', '.join(COORD_FORMATS)}.")
 
 
 def write_coords(rows: list[dict], out: Path, fmt: str) -> None:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import Catalog, open_catalog
+from .catalog import open_catalog
 from .errors import NotReady, UserError
-from .images import item_file
 from .index import load_index
-from .metric import load_weights, weighted_scores
-from .models import DEFAULT_MODEL, DEFAULT_PRETRAINED, LoadedModel, ModelSpec, load_model
+from .metric import load_metric
+from .model_choice import resolve_spec
+from .models import LoadedModel, ModelSpec, load_model
 from .storage import DatasetPaths
 
 _TERM = re.compile(r"^(?P<sign>[+-]?)\s*(?:(?P<weight>\d+(?:\.\d+)?|\.\d+)\*)?(?:(?P<kind>text|image|like):)?(?P<value>.*)$",
@@ -34,7 +34,7 @@ class Term:
 
 
 def parse_terms(args: list[str], images: list[str] = (), likes: list[str] = ()) -> list[Term]:
-    """Parse positional query terms plus --image/--like options into signed terms."""
+    """Parse query terms plus query images and items into signed terms."""
     terms = []
     for raw in args:
         m = _TERM.match(raw.strip())
@@ -45,25 +45,8 @@ def parse_terms(args: list[str], images: list[str] = (), likes: list[str] = ()) 
         terms.append(Term(sign * float(m.group("weight") or 1.0), m.group("kind") or "text", value))
     terms += [Term(1.0, "image", v) for v in images] + [Term(1.0, "like", v) for v in likes]
     if not terms:
-        raise UserError("Nothing to search for.", "Give a text query, --image PATH|URL or --like ITEM.")
+        raise UserError("Nothing to search for.", "Give a text query, a query image (file or URL) or an item.")
     return terms
-
-
-def pick_model_key(catalog: Catalog, spec: ModelSpec | None) -> tuple[str, ModelSpec]:
-    """The model to search with: the one asked for, else the only/default/newest embedded one."""
-    models = catalog.models()
-    if spec is not None:
-        if catalog.model(spec.key) is None:
-            raise NotReady(f"No embeddings for {spec.key} in {catalog.paths.name!r}.",
-                           f"Run `stylesearch embed {catalog.paths.name} --model {spec.name}` first.")
-        return spec.key, spec
-    if not models:
-        raise NotReady(f"Dataset {catalog.paths.name!r} has no embeddings yet.",
-                       f"Run `stylesearch embed {catalog.paths.name}` first.")
-    default = ModelSpec(DEFAULT_MODEL, DEFAULT_PRETRAINED).key
-    chosen = next((m for m in models if m["model_key"] == default), models[-1])
-    name, pretrained = chosen["model_name"], chosen["pretrained"] or None
-    return chosen["model_key"], ModelSpec(name, None if name.startswith(("hf-hub:", "local-dir:")) else pretrained)
 
 
 def _image_bytes(ref: str) -> bytes:
@@ -83,10 +66,16 @@ class Searcher:
     def __init__(self, paths: DatasetPaths, spec: ModelSpec | None = None, raw: bool = False,
                  device: str = "auto", effort: int | None = None):
         self.paths = paths
-        self.catalog = open_catalog(paths)
-        self.model_key, self.spec = pick_model_key(self.catalog, spec)
+        self.spec = spec or resolve_spec(paths, embedded_only=True)
+        self.model_key = self.spec.key
+        self.catalog = open_catalog(paths, readonly=True)
+        model_meta = self.catalog.model(self.model_key)
+        if model_meta is None:
+            self.catalog.close()
+            raise NotReady(f"Dataset {paths.name!r} has no embeddings of {self.model_key}.",
+                           "Embed it with that model first.", dataset=paths.name, step="embed")
         self.index = load_index(paths, self.model_key, effort)
-        self.weights = None if raw else load_weights(paths, self.model_key)
+        self.metric = load_metric(paths, self.model_key, raw=raw, dim=model_meta["dim"])
         self.device = device
         self._model: LoadedModel | None = None
 
@@ -128,20 +117,17 @@ class Searcher:
         if self.index is None:  # no index yet: exact search over the catalog's vectors
             ids, vectors = self.catalog.load_vectors(self.model_key)
             if not len(ids):
-                raise NotReady("No embedded items to search.", f"Run `stylesearch embed {self.paths.name}`.")
-            scores = weighted_scores(query, vectors, self.weights)
-            top = np.argsort(-scores)[:fetch]
-            return ids[top], scores[top]
-        if self.weights is None:
+                raise NotReady("No embedded items to search.", "Embed the dataset first.",
+                               dataset=self.paths.name, step="embed")
+            return _top(ids, self.metric.scores(query, vectors), fetch)
+        if not self.metric.learned:
             scores, ids = self.index.search(query[None], fetch)
             return ids[0], scores[0]
         total = self.index.index.ntotal
         pool = total if total <= EXACT_LIMIT and self.index.meta["kind"] == "flat" else max(fetch * 10, 1000)
-        _, ids = self.index.search((query * self.weights)[None], pool)
+        _, ids = self.index.search(query[None], pool)
         ids = ids[0][ids[0] >= 0]
-        scores = weighted_scores(query, self.index.vectors(ids), self.weights)
-        order = np.argsort(-scores)[:fetch]
-        return ids[order], scores[order]
+        return _top(ids, self.metric.scores(query, self.index.vectors(ids)), fetch)
 
     def _rows(self, ids, scores, k, min_score, skip) -> list[dict]:
         found = [(int(i), s) for i, s in zip(ids, scores) if i >= 0]  # faiss pads with -1; keep pairs aligned
@@ -154,10 +140,15 @@ class Searcher:
                 continue
             path = live[item_id]
             rows.append({"rank": len(rows) + 1, "score": round(float(score), 6), "id": item_id, "path": path,
-                         "file": str(item_file(self.paths.images, path).absolute())})
+                         "file": str(self.paths.item_file(path).absolute())})
             if len(rows) == k:
                 break
         return rows
+
+
+def _top(ids: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(-scores)[:n]
+    return ids[order], scores[order]
 
 
 def search(paths: DatasetPaths, terms: list[Term], k: int = 10, spec: ModelSpec | None = None,

@@ -10,13 +10,10 @@ from pathlib import Path
 
 from .catalog import open_catalog
 from .errors import UserError
-from .images import BadImage, item_file, load_rgb
+from .images import BadImage, load_rgb
 from .progress import Progress, or_null
 from .scan import scan
-from .storage import DatasetPaths, atomic_path, atomic_write_json, read_json, writer_lock
-
-FORMATS = {"jpeg": ".jpg", "webp": ".webp", "png": ".png"}
-PARAMS_FILE = ".transform.json"
+from .storage import THUMB_FORMATS, DatasetPaths, atomic_path, atomic_write_json, read_json, writer_lock
 
 
 @dataclass(frozen=True)
@@ -39,36 +36,6 @@ class TransformResult:
         return {"made": self.made, "up_to_date": self.up_to_date, "failed": self.failed}
 
 
-def thumb_relpath(item_path: str, content_hash: str | None, fmt: str) -> str:
-    """Thumbnail path under thumbs/: the item's path with the format's extension."""
-    p = Path(item_path)
-    if p.is_absolute():
-        p = Path("_external") / f"{(content_hash or p.name)[:20]}"
-    return p.with_suffix(FORMATS[fmt]).as_posix()
-
-
-def thumb_format(paths: DatasetPaths) -> str | None:
-    """The format of the dataset's thumbnails, or None when `transform` has not run."""
-    fmt = (read_json(paths.thumbs / PARAMS_FILE) or {}).get("format")
-    return fmt if fmt in FORMATS else None
-
-
-_UNSET = object()
-
-
-def thumbnail_for(paths: DatasetPaths, item_path: str, content_hash: str | None = None, fmt=_UNSET) -> Path:
-    """The item's thumbnail when `transform` made one, else the original file.
-
-    Pass `fmt` (from thumb_format) when looking up many items, to read the parameters once.
-    """
-    fmt = thumb_format(paths) if fmt is _UNSET else fmt
-    if fmt:
-        thumb = paths.thumbs / thumb_relpath(item_path, content_hash, fmt)
-        if thumb.exists():
-            return thumb
-    return item_file(paths.images, item_path)
-
-
 def make_thumbnail(src: str, dst: str, max_side: int, fmt: str, quality: int) -> str | None:
     """Write one thumbnail atomically; returns an error message instead of raising."""
     from PIL import Image
@@ -76,7 +43,7 @@ def make_thumbnail(src: str, dst: str, max_side: int, fmt: str, quality: int) ->
     try:
         img = load_rgb(src, draft=max_side)
         img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
-        with atomic_path(dst, suffix=FORMATS[fmt]) as tmp:
+        with atomic_path(dst, suffix=THUMB_FORMATS[fmt]) as tmp:
             img.save(tmp, format=fmt.upper(), quality=quality, **({"optimize": True} if fmt == "png" else {}))
         return None
     except BadImage as exc:
@@ -92,27 +59,27 @@ def _make_one(task: tuple) -> str | None:
 def transform_dataset(paths: DatasetPaths, options: TransformOptions = TransformOptions(),
                       progress: Progress | None = None, lock: bool = True) -> TransformResult:
     """Make thumbnails for every live item that has none or an outdated one."""
-    if options.fmt not in FORMATS:
-        raise UserError(f"Unknown thumbnail format {options.fmt!r}.", f"Choose one of {', '.join(FORMATS)}.")
+    if options.fmt not in THUMB_FORMATS:
+        raise UserError(f"Unknown thumbnail format {options.fmt!r}.", f"Choose one of {', '.join(THUMB_FORMATS)}.")
     if options.max_side < 8:
-        raise UserError("--max-side must be at least 8 pixels.")
+        raise UserError(f"Thumbnails must be at least 8 pixels on the long side (asked: {options.max_side}).")
     guard = writer_lock(paths) if lock else contextlib.nullcontext()
     with guard, open_catalog(paths) as catalog:
         scan(catalog)
         items = catalog.items("ok")
     params = {"max_side": options.max_side, "format": options.fmt, "quality": options.quality}
-    rebuild = options.force or read_json(paths.thumbs / PARAMS_FILE) != params
+    rebuild = options.force or read_json(paths.thumbs_params) != params
     result = TransformResult()
     tasks = []
     for item in items:
-        src = item_file(paths.images, item.path)
-        dst = paths.thumbs / thumb_relpath(item.path, item.content_hash, options.fmt)
+        src = paths.item_file(item.path)
+        dst = paths.thumbnail_file(item.path, item.content_hash, options.fmt)
         if not rebuild and _up_to_date(src, dst):
             result.up_to_date += 1
         else:
             tasks.append((str(src), str(dst), options.max_side, options.fmt, options.quality))
     _run(tasks, options.workers, or_null(progress), result)
-    atomic_write_json(paths.thumbs / PARAMS_FILE, params)
+    atomic_write_json(paths.thumbs_params, params)
     return result
 
 

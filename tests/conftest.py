@@ -1,5 +1,9 @@
 """Shared fixtures: generated images, a tiny random-init open_clip model saved to a file,
-an embedded dataset built once per session, and a runner for the real CLI entry point."""
+an embedded dataset built once per session, and an in-process runner for the CLI.
+
+Tests that load torch/open_clip are marked `slow` (explicitly, or here by the fixtures they
+use), so `pytest -m "not slow"` is a fast subset.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +23,39 @@ from stylesearch.storage import dataset_paths
 TINY = "stylesearch-tiny"
 
 
+SLOW_FIXTURES = {"tiny_weights", "tiny_spec", "tiny_model", "embedded"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
 class CLI:
-    """Runs `python -m stylesearch` (the console entry point) with a private dataset root."""
+    """Runs the `stylesearch` command group in-process (typer's CliRunner) with a private dataset root."""
 
     def __init__(self, root: Path, env: dict | None = None):
         self.root = root
-        self.env = {**os.environ, "STYLESEARCH_HOME": str(root), "HF_HUB_OFFLINE": "1",
-                    "PYTHONWARNINGS": "ignore", **(env or {})}
+        self.env = {"STYLESEARCH_HOME": str(root), "HF_HUB_OFFLINE": "1", **(env or {})}
 
-    def __call__(self, *args: str, input: str | None = None, check: bool = True, env: dict | None = None,
-                 timeout: float = 300) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "stylesearch", *args], input=input, capture_output=True,
-                              text=True, env={**self.env, **(env or {})}, timeout=timeout)
+    def __call__(self, *args: str, input: str | None = None, check: bool = True, env: dict | None = None) -> Result:
+        from typer.testing import CliRunner
+
+        from stylesearch.cli.main import app
+
+        result = CliRunner().invoke(app, list(args), input=input, env={**self.env, **(env or {})},
+                                    prog_name="stylesearch")
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        proc = Result(result.exit_code, result.stdout, result.stderr)
         if check and proc.returncode != 0:
             raise AssertionError(f"stylesearch {' '.join(args)} exited {proc.returncode}\n"
                                  f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
@@ -37,6 +63,14 @@ class CLI:
 
     def json(self, *args: str, **kw):
         return json.loads(self(*args, **kw).stdout)
+
+    def process(self, *args: str, env: dict | None = None, timeout: float = 300) -> Result:
+        """Runs `python -m stylesearch` in a new process: for tests about processes and their environment
+        (variables read at import time such as HF_HOME, exit codes of the real entry point)."""
+        full_env = {**os.environ, **self.env, "PYTHONWARNINGS": "ignore", **(env or {})}
+        proc = subprocess.run([sys.executable, "-m", "stylesearch", *args], capture_output=True, text=True,
+                              env=full_env, timeout=timeout)
+        return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 import time
@@ -10,7 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from stylesearch.catalog import open_catalog
-from stylesearch.download import DownloadOptions, download
+from stylesearch.download import DownloadOptions, FetchError, download, fetch_bytes, fetch_once
+from stylesearch.errors import UserError
 from stylesearch.sources import Entry, guess_format, parse_entries, read_source, sample_entries
 from stylesearch.samples import render
 from stylesearch.storage import dataset_paths
@@ -25,11 +27,15 @@ def _jpeg(seed: int, size=(96, 72)) -> bytes:
 class Server:
     """Serves /img/N.jpg, /dup.jpg (same bytes as /img/0.jpg), /missing (404), /truncated.jpg,
     /html (HTML page), /slow.jpg (stalls), /loop (redirect loop), /flaky.jpg (503 then OK),
-    /tiny.jpg (8x8), /busy.jpg (429 with Retry-After then OK)."""
+    /tiny.jpg (8x8), /busy.jpg (429 with Retry-After then OK), /trickle-body and
+    /trickle-headers (one byte every 0.1 s), /to-ftp, /to-file (redirects to other schemes),
+    /hop (redirects to /to-ftp), /to-image (redirects to /img/2.jpg).
+    `delay` seconds are spent before answering /img/ requests."""
 
-    def __init__(self):
+    def __init__(self, count: int = 6):
         self.hits: dict[str, int] = {}
-        self.images = {n: _jpeg(n) for n in range(6)}
+        self.images = {n: _jpeg(n) for n in range(count)}
+        self.delay = 0.0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -48,7 +54,14 @@ class Server:
     def route(self, h):
         path, hits = h.path, self.hits[h.path]
         if path.startswith("/img/"):
+            time.sleep(self.delay)
             return self.send(h, 200, self.images[int(path.split("/")[-1].split(".")[0])])
+        if path.startswith("/trickle-"):
+            return self.trickle(h, path == "/trickle-headers")
+        redirects = {"/to-ftp": "ftp://127.0.0.1:9/x.jpg", "/to-file": "file:///etc/passwd", "/hop": "/to-ftp",
+                     "/to-image": "/img/2.jpg"}
+        if path in redirects:
+            return self.redirect(h, redirects[path])
         if path == "/dup.jpg":
             return self.send(h, 200, self.images[0])
         if path == "/truncated.jpg":
@@ -59,10 +72,7 @@ class Server:
             time.sleep(3.0)
             return self.send(h, 200, self.images[5])
         if path == "/loop":
-            h.send_response(302)
-            h.send_header("Location", "/loop")
-            h.end_headers()
-            return None
+            return self.redirect(h, "/loop")
         if path == "/flaky.jpg":
             return self.send(h, 503, b"busy") if hits < 3 else self.send(h, 200, self.images[3])
         if path == "/busy.jpg":
@@ -71,6 +81,24 @@ class Server:
         if path == "/tiny.jpg":
             return self.send(h, 200, _jpeg(7, (8, 8)))
         return self.send(h, 404, b"nope")
+
+    @staticmethod
+    def redirect(h, location):
+        h.send_response(302)
+        h.send_header("Location", location)
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    @staticmethod
+    def trickle(h, in_headers: bool, seconds: float = 10.0):
+        """One byte every 0.1 s for `seconds`: never idle long enough for a per-read socket timeout."""
+        head = b"HTTP/1.0 200 OK\r\nContent-Type: image/jpeg\r\n"
+        body = b"HTTP/1.0 200 OK\r\nContent-Length: 100000\r\n\r\n" if not in_headers else head + b"X-Slow: "
+        with contextlib.suppress(OSError):
+            h.wfile.write(body)
+            for _ in range(int(seconds / 0.1)):
+                h.wfile.write(b"a")
+                time.sleep(0.1)
 
     @staticmethod
     def send(h, code, body, ctype="image/jpeg", headers=None):
@@ -94,6 +122,7 @@ def server():
 
 
 FAST = DownloadOptions(workers=4, retries=3, backoff=0.01, timeout=1.0)
+QUICK = DownloadOptions(workers=2, retries=0, timeout=0.5)
 
 
 def test_download_validates_dedups_and_records_reasons(tmp_path, server):
@@ -173,3 +202,50 @@ def test_cli_exit_code_when_every_download_fails(cli, server):
                check=False)
     assert proc.returncode == 1 and "all 2 downloads failed" in proc.stderr
     assert "warning:" in proc.stderr and proc.stdout == ""
+
+
+@pytest.mark.parametrize("path", ["/trickle-body", "/trickle-headers"])
+def test_trickling_server_cannot_outlast_the_timeout(server, path):
+    start = time.monotonic()
+    with pytest.raises(FetchError, match="too slow"):
+        fetch_once(server.url + path, timeout=0.5, max_bytes=1 << 20)
+    assert time.monotonic() - start < 1.5  # 0.5 s in all, not 0.5 s per byte
+
+
+def test_download_of_a_trickling_server_fails_in_time(tmp_path, server):
+    paths = dataset_paths("trickle", tmp_path)
+    start = time.monotonic()
+    result = download(paths, [Entry(server.url + "/trickle-body"), Entry(server.url + "/img/1.jpg")],
+                      DownloadOptions(workers=2, retries=1, backoff=0.01, timeout=0.5))
+    assert time.monotonic() - start < 3.0  # two attempts of at most 0.5 s each
+    assert result.ok == 1 and result.reasons == {"too slow": 1}
+    with open_catalog(paths) as cat:
+        assert cat.download_record(server.url + "/trickle-body")["status"] == "error"  # retried on rerun
+
+
+def test_redirects_to_other_schemes_are_blocked_on_every_hop(tmp_path, server):
+    paths = dataset_paths("redirects", tmp_path)
+    entries = [Entry(server.url + p) for p in ("/to-ftp", "/to-file", "/hop", "/to-image")]
+    result = download(paths, entries, QUICK)
+    assert result.ok == 1  # an http redirect is still followed
+    assert result.reasons == {"blocked redirect to ftp://127.0.0.1:9/x.jpg": 2,
+                              "blocked redirect to file:///etc/passwd": 1}
+    assert server.hits["/to-ftp"] == 2  # once directly, once as the second hop of /hop
+    with open_catalog(paths) as cat:
+        assert cat.download_record(server.url + "/to-file")["status"] == "failed"  # permanent
+    with pytest.raises(UserError, match="blocked redirect to ftp://"):
+        fetch_bytes(server.url + "/hop", QUICK)
+
+
+def test_csv_without_url_column_is_refused_with_the_columns_found():
+    with pytest.raises(UserError, match=r"no URL column.*'name', 'price'"):
+        parse_entries(io.StringIO("name,price\nhttp://a/1.jpg,3\n"), "csv")
+    with pytest.raises(UserError, match=r"no URL column.*'title'"):
+        parse_entries(io.StringIO("title\tsize\nx\t1\n"), "tsv")
+    with pytest.raises(UserError, match="no URL column"):  # guessed as csv when read from stdin
+        read_source("-", stdin=io.StringIO("name,price\nfoo,3\n"))
+    headerless = "\nhttp://a/1.jpg\nhttp://a/2.jpg\n"
+    assert parse_entries(io.StringIO(headerless), "csv")[0] == [Entry("http://a/1.jpg"), Entry("http://a/2.jpg")]
+    assert parse_entries(io.StringIO("http://a/1.jpg\n"), "tsv")[0] == [Entry("http://a/1.jpg")]
+    bom = "\ufeffURL,id\nhttp://a/1.jpg,7\n"
+    assert read_source("-", stdin=io.StringIO(bom))[0] == [Entry("http://a/1.jpg", "7")]

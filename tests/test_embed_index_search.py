@@ -176,8 +176,12 @@ def test_search_cli_formats_and_image_query(cli, embedded, tiny_weights):
             fh.write(tsv)
     with open(golden) as fh:
         assert tsv == fh.read()
-    paths_out = cli("search", "shared", "--like", "1", "-k", "2", "--format", "paths").stdout.split("\n")
-    assert all(os.path.isabs(p) and os.path.exists(p) for p in paths_out if p)
+    paths_out = cli("search", "shared", "--like", "1", "-k", "2", "--format", "paths").stdout.splitlines()
+    assert len(paths_out) == 2
+    for p in paths_out:
+        assert os.path.isabs(p) and os.path.exists(p)
+    nul = cli("search", "shared", "--like", "1", "-k", "2", "--format", "paths0").stdout
+    assert nul.endswith("\0") and nul.split("\0")[:-1] == paths_out
     img = next(embedded.images.rglob("*.jpg"))
     rows = [json.loads(line) for line in cli(
         "search", "shared", "--image", str(img), "-k", "2", "--format", "jsonl", "-p", str(tiny_weights),

@@ -7,7 +7,7 @@ import json
 
 from stylesearch.catalog import open_catalog
 from stylesearch.labelling import LabelSession
-from stylesearch.labels import triplet_key
+from stylesearch.judgments import triplet_key
 from stylesearch.scan import scan
 
 from .conftest import make_dataset, unit_rows

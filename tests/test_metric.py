@@ -9,8 +9,10 @@ import pytest
 
 from stylesearch.catalog import open_catalog
 from stylesearch.errors import NotReady
-from stylesearch.labels import JudgmentLog, TripletSampler, new_judgment, read_log
-from stylesearch.metric import TrainOptions, load_weights, train_metric, weighted_scores
+from stylesearch.judgments import JudgmentLog, new_judgment, read_log
+from stylesearch.labelling import TripletSampler
+from stylesearch.metric import DiagonalMetric, IdentityMetric, load_metric
+from stylesearch.metric_train import TrainOptions, train_metric
 from stylesearch.search import Term, search
 from stylesearch.storage import append_jsonl, dataset_paths
 
@@ -52,10 +54,12 @@ def test_training_recovers_planted_metric(tmp_path):
     assert meta["agreement_after"] > meta["agreement_before"] + 0.1
     assert meta["agreement_after"] > 0.85
     assert meta["equality_triplets"] > 0
-    weights = load_weights(paths, "m")
+    metric = load_metric(paths, "m", dim=32)
+    assert isinstance(metric, DiagonalMetric) and metric.meta["kind"] == "diagonal"
+    weights = metric.weights
     assert weights.shape == (32,) and (weights >= 0).all() and abs(weights.mean() - 1) < 1e-4
     assert np.corrcoef(weights, hidden)[0, 1] > 0.7
-    saved = json.loads((paths.metric_dir("m") / "weights.json").read_text())
+    saved = json.loads(paths.metric_meta("m").read_text())
     assert saved["agreement_after"] == meta["agreement_after"]
 
 
@@ -63,10 +67,10 @@ def test_search_applies_weights_unless_raw(tmp_path):
     paths, vectors, hidden = planted_dataset(tmp_path, n=120, name="weighted")
     simulate(paths, vectors, hidden, 600)
     train_metric(paths, "m")
-    weights = load_weights(paths, "m")
+    metric = load_metric(paths, "m")
     learned = search(paths, [Term(1.0, "like", "1")], k=5)
     raw = search(paths, [Term(1.0, "like", "1")], k=5, raw=True)
-    expected = np.argsort(-weighted_scores(vectors[0], vectors, weights))[1:6] + 1
+    expected = np.argsort(-metric.scores(vectors[0], vectors))[1:6] + 1
     assert [r["id"] for r in learned] == expected.tolist()
     assert [r["id"] for r in raw] == (np.argsort(-(vectors @ vectors[0]))[1:6] + 1).tolist()
 
@@ -109,7 +113,7 @@ def test_uncertain_sampler_prefers_close_calls():
     seen: set = set()
     random_gaps, uncertain_gaps = [], []
     for strategy, gaps in (("random", random_gaps), ("uncertain", uncertain_gaps)):
-        sampler = TripletSampler(paths, vectors, None, strategy, seed=1)
+        sampler = TripletSampler(paths, vectors, IdentityMetric(), strategy, seed=1)
         for _ in range(30):
             a, l, r = (int(p.split(".")[0]) for p in sampler.next(seen))
             gaps.append(abs(np.linalg.norm(vectors[a] - vectors[l]) - np.linalg.norm(vectors[a] - vectors[r])))

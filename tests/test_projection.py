@@ -63,8 +63,9 @@ def test_too_few_items_for_umap(tmp_path):
         project_dataset(paths, "m")
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_through_cli(cli, root):
-    report = cli.json("demo", "--count", "24", "--json", timeout=600)
+    report = cli.json("demo", "--count", "24", "--json")
     assert report["embed"]["embedded"] == 24 and report["index"] == "flat"
     assert len(report["results"]) == 5 and report["map"]["placed"] > 0
     assert (root / "demo" / "map.png").exists() and (root / "demo" / "atlas" / "manifest.json").exists()

@@ -12,7 +12,8 @@ from PIL import Image
 from stylesearch.atlas import AtlasOptions, build_atlas, umap_order
 from stylesearch.errors import NotReady
 from stylesearch.samples import render
-from stylesearch.transform import TransformOptions, thumbnail_for, transform_dataset
+from stylesearch.storage import thumbnail_for
+from stylesearch.transform import TransformOptions, transform_dataset
 
 from .conftest import make_dataset
 
@@ -85,8 +86,9 @@ def test_atlas_pages_split_and_manifest(tmp_path):
 
 def test_atlas_umap_order_needs_coordinates(tmp_path):
     paths = make_dataset(tmp_path, "noumap", 4)
-    with pytest.raises(NotReady, match="umap-export"):
+    with pytest.raises(NotReady, match="UMAP") as info:
         build_atlas(paths, AtlasOptions(order="umap"))
+    assert info.value.step == "umap-export" and info.value.dataset == "noumap"
 
 
 def test_umap_order_groups_rows_by_position():

@@ -1,4 +1,4 @@
-"""Shared CLI pieces: global state, option types, output formatting, TTY progress."""
+"""Shared CLI pieces: global state, option types, model choice, output formatting, TTY progress."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ import json
 import sys
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
+
+import typer
+
+from ..choices import OUTPUT_FORMATS
 
 
 @dataclass
@@ -18,12 +22,32 @@ class State:
 STATE = State()
 
 
-class OutputFormat(str, Enum):
-    table = "table"
-    json = "json"
-    jsonl = "jsonl"
-    tsv = "tsv"
-    paths = "paths"
+def choice_enum(name: str, values: Sequence[str]) -> type[Enum]:
+    """A str Enum for typer, built from one of the core's lists of choices."""
+    return Enum(name, {v.replace("-", "_"): v for v in values}, type=str)
+
+
+OutputFormat = choice_enum("OutputFormat", OUTPUT_FORMATS)
+
+MODEL_HELP = ("open_clip model name, or hf-hub:ORG/REPO, or local-dir:/path. Default: the dataset's embedded "
+              "model (ViT-B-32 for a dataset not embedded yet).")
+PRETRAINED_HELP = ("Pretrained tag (e.g. laion2b_s34b_b79k), a local weights file, or 'random'; needed only to "
+                   "choose between embedded models of one name, or to embed with other weights.")
+
+
+def model_option():
+    return typer.Option(None, "--model", "-m", help=MODEL_HELP, show_default=False)
+
+
+def pretrained_option():
+    return typer.Option(None, "--pretrained", "-p", help=PRETRAINED_HELP, show_default=False)
+
+
+def choose_model(paths, model: Optional[str], pretrained: Optional[str], embedded_only: bool = True):
+    """The library's model choice (stylesearch.model_choice) for the --model/--pretrained options."""
+    from ..model_choice import resolve_spec
+
+    return resolve_spec(paths, model, pretrained, embedded_only=embedded_only)
 
 
 def log(message: str) -> None:
@@ -46,18 +70,20 @@ def emit_rows(rows: Sequence[dict], columns: Sequence[str], fmt: OutputFormat, t
               path_key: str = "path") -> None:
     """Print records as a table, json, jsonl, tsv, or bare paths."""
     out = sys.stdout
-    if fmt is OutputFormat.json:
+    fmt = OutputFormat(fmt)
+    if fmt.value == "json":
         print_json(list(rows))
-    elif fmt is OutputFormat.jsonl:
+    elif fmt.value == "jsonl":
         for row in rows:
             out.write(json.dumps(row, sort_keys=True, default=str) + "\n")
-    elif fmt is OutputFormat.tsv:
+    elif fmt.value == "tsv":
         out.write("\t".join(columns) + "\n")
         for row in rows:
             out.write("\t".join(_cell(row.get(c)) for c in columns) + "\n")
-    elif fmt is OutputFormat.paths:
+    elif fmt.value in ("paths", "paths0"):
+        end = "\0" if fmt.value == "paths0" else "\n"
         for row in rows:
-            out.write(f"{row[path_key]}\n")
+            out.write(f"{row[path_key]}{end}")
     else:
         _rich_table(rows, columns, title)
 

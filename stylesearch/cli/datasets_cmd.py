@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from .common import STATE, OutputFormat, emit_rows, print_json
+from .common import STATE, emit_rows, print_json
 
 
 def datasets(
@@ -19,7 +19,7 @@ def datasets(
         return
     for row in rows:
         row["models"] = ", ".join(row["models"])
-    emit_rows(rows, ["name", "items", "deleted", "corrupt", "models", "path"], OutputFormat.table)
+    emit_rows(rows, ["name", "items", "deleted", "corrupt", "models", "path"], "table")
 
 
 def info(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from .common import STATE, OutputFormat, emit_rows, log, make_progress, print_json
+from .common import STATE, emit_rows, log, make_progress, print_json
 
 
 def demo(
@@ -14,7 +14,7 @@ def demo(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Generate sample images and run transform, atlas, embed, index, search and umap-export on them."""
-    from ..demo import run_demo
+    from ..pipeline import run_demo
     from ..storage import dataset_paths
 
     paths = dataset_paths(dataset, STATE.root)
@@ -30,7 +30,7 @@ def demo(
     if "map" in report:
         log(f"demo: map of the collection: {report['map']['png']}")
     log(f"demo: most similar to {report['query']}:")
-    emit_rows(report["results"], ["rank", "score", "id", "path"], OutputFormat.table)
+    emit_rows(report["results"], ["rank", "score", "id", "path"], "table")
     log(f"next: stylesearch search {dataset} --like 3   |   stylesearch label {dataset}")
 
 

@@ -1,31 +1,17 @@
-"""`stylesearch download`, `transform` and `atlas`."""
+"""`stylesearch download` and `transform`."""
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Optional
 
 import typer
 
-from .common import STATE, log, make_progress, summary, warn_list
+from ..choices import LIST_FORMATS, THUMB_FORMATS
+from .common import STATE, choice_enum, log, make_progress, summary, warn_list
 
 
-class ListFormat(str, Enum):
-    txt = "txt"
-    csv = "csv"
-    tsv = "tsv"
-    jsonl = "jsonl"
-
-
-class ThumbFormat(str, Enum):
-    jpeg = "jpeg"
-    webp = "webp"
-    png = "png"
-
-
-class AtlasOrder(str, Enum):
-    path = "path"
-    umap = "umap"
+ListFormat = choice_enum("ListFormat", LIST_FORMATS)
+ThumbFormat = choice_enum("ThumbFormat", list(THUMB_FORMATS))
 
 
 def download(
@@ -68,7 +54,7 @@ def download(
 def transform(
     dataset: str = typer.Argument(..., help="Dataset name."),
     max_side: int = typer.Option(336, "--max-side", help="Longest side of a thumbnail in pixels."),
-    fmt: ThumbFormat = typer.Option(ThumbFormat.jpeg, "--format", help="Thumbnail file format."),
+    fmt: ThumbFormat = typer.Option("jpeg", "--format", help="Thumbnail file format."),
     quality: int = typer.Option(85, "--quality", min=1, max=100),
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes (default: one per core)."),
     force: bool = typer.Option(False, "--force", help="Remake every thumbnail."),
@@ -84,26 +70,6 @@ def transform(
     summary(result.as_dict(), as_json, "transform")
 
 
-def atlas(
-    dataset: str = typer.Argument(..., help="Dataset name."),
-    tile: int = typer.Option(64, "--tile", min=4, help="Tile size in pixels."),
-    padding: int = typer.Option(2, "--padding", min=0),
-    max_size: int = typer.Option(4096, "--max-size", help="Largest page side; more pages when exceeded."),
-    order: AtlasOrder = typer.Option(AtlasOrder.path, "--order", help="path, or umap (after umap-export)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the manifest summary as JSON on stdout."),
-) -> None:
-    """Render sprite atlas PNG page(s) and a JSON manifest."""
-    from ..atlas import AtlasOptions, build_atlas
-    from ..storage import existing_dataset
-
-    paths = existing_dataset(dataset, STATE.root)
-    manifest = build_atlas(paths, AtlasOptions(tile, padding, max_size, order.value), make_progress())
-    result = {"pages": len(manifest["pages"]), "items": manifest["count"], "skipped": len(manifest["skipped"]),
-              "manifest": str(paths.atlas / "manifest.json")}
-    summary(result, as_json, "atlas")
-
-
 def register(app: typer.Typer) -> None:
     app.command("download")(download)
     app.command("transform")(transform)
-    app.command("atlas")(atlas)

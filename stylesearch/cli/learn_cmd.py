@@ -2,39 +2,44 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Optional
 
 import typer
 
-from .common import STATE, log, summary
+from ..choices import LABEL_STRATEGIES
+from .common import STATE, choice_enum, choose_model, log, model_option, pretrained_option, summary
 
-
-class Strategy(str, Enum):
-    random = "random"
-    uncertain = "uncertain"
+Strategy = choice_enum("Strategy", LABEL_STRATEGIES)
 
 
 def label(
     dataset: str = typer.Argument(..., help="Dataset name."),
-    strategy: Strategy = typer.Option(Strategy.random, "--strategy",
+    strategy: Strategy = typer.Option("random", "--strategy",
                                       help="random, or uncertain (active learning: closest calls first)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for triplet selection."),
+    model: Optional[str] = model_option(),
+    pretrained: Optional[str] = pretrained_option(),
 ) -> None:
     """Judge triplets in the terminal (A/← B/→ S D Space U Q); judgments go to triplets.jsonl."""
     from ..labelling import LabelSession
     from ..storage import existing_dataset
 
-    session = LabelSession(existing_dataset(dataset, STATE.root), strategy.value, seed)
+    paths = existing_dataset(dataset, STATE.root)
+    spec = choose_model(paths, model, pretrained)
+    session = LabelSession(paths, strategy.value, seed, model=spec.name, pretrained=spec.pretrained)
     from ..tui.label_app import LabelApp
 
     LabelApp(session, strategy=strategy.value).run()
     log(f"label: {session.judged_this_session} judgments this session, {len(session.log.judgments)} in total "
         f"({session.paths.triplets})")
+    if session.log.malformed:
+        log(f"warning: skipped {session.log.malformed} malformed lines in {session.paths.triplets}")
 
 
 def train(
     dataset: str = typer.Argument(..., help="Dataset name."),
+    model: Optional[str] = model_option(),
+    pretrained: Optional[str] = pretrained_option(),
     epochs: int = typer.Option(60, "--epochs", min=1),
     margin: float = typer.Option(0.05, "--margin", min=0.0, help="Triplet margin (distance units)."),
     lr: float = typer.Option(0.05, "--lr", min=0.0, help="Learning rate (Adam)."),
@@ -43,14 +48,11 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print the training report as JSON on stdout."),
 ) -> None:
     """Learn per-dimension metric weights from your judgments; reports held-out agreement."""
-    from ..catalog import open_catalog
-    from ..metric import TrainOptions, train_metric
-    from ..search import pick_model_key
+    from ..metric_train import TrainOptions, train_metric
     from ..storage import existing_dataset
 
     paths = existing_dataset(dataset, STATE.root)
-    with open_catalog(paths) as catalog:
-        key, _ = pick_model_key(catalog, None)
+    key = choose_model(paths, model, pretrained).key
     meta = train_metric(paths, key, TrainOptions(epochs=epochs, margin=margin, lr=lr, seed=seed,
                                                  val_fraction=val_fraction))
     if meta["malformed_lines"]:

@@ -11,13 +11,31 @@ import traceback
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
 from ..errors import StyleSearchError
-from . import datasets_cmd, demo_cmd, embed_cmd, ingest_cmd, learn_cmd, projection_cmd, search_cmd
+from . import (atlas_cmd, datasets_cmd, demo_cmd, embed_cmd, ingest_cmd, learn_cmd, projection_cmd,
+               search_cmd)
 from .common import STATE
+from .errors import render_error
+
+
+class StyleSearchGroup(TyperGroup):
+    """Turns library errors into one message on stderr and the error's exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except StyleSearchError as exc:
+            if STATE.verbose:
+                traceback.print_exc()
+            render_error(exc)
+            ctx.exit(exc.exit_code)
+
 
 app = typer.Typer(
     name="stylesearch",
+    cls=StyleSearchGroup,
     help="Explore and search image collections by visual style with CLIP embeddings, "
     "and learn a personal similarity metric from your own judgments.",
     no_args_is_help=True,
@@ -47,21 +65,14 @@ def _global(
     STATE.verbose = verbose
 
 
-for module in (datasets_cmd, demo_cmd, ingest_cmd, embed_cmd, search_cmd, learn_cmd, projection_cmd):
+for module in (datasets_cmd, demo_cmd, ingest_cmd, atlas_cmd, embed_cmd, search_cmd, learn_cmd, projection_cmd):
     module.register(app)
 
 
 def main() -> None:
-    """Console entry point: runs the app and turns errors into one message and an exit code."""
+    """Console entry point: runs the app; interrupts, closed pipes and bugs end in one line."""
     try:
         app(prog_name="stylesearch")
-    except StyleSearchError as exc:
-        if STATE.verbose:
-            traceback.print_exc()
-        print(f"error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(exc.hint, file=sys.stderr)
-        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

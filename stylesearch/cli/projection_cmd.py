@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .common import STATE, log, make_progress
+from ..choices import COORD_FORMATS
+from .common import STATE, choice_enum, choose_model, log, make_progress, model_option, pretrained_option
 
-
-class CoordFormat(str, Enum):
-    csv = "csv"
-    json = "json"
-    parquet = "parquet"
+CoordFormat = choice_enum("CoordFormat", COORD_FORMATS)
 
 
 def umap_export(
@@ -29,18 +25,17 @@ def umap_export(
     min_dist: float = typer.Option(0.1, "--min-dist", min=0.0),
     seed: int = typer.Option(42, "--seed", help="Random seed (same seed, same output)."),
     raw: bool = typer.Option(False, "--raw", help="Ignore learned metric weights."),
-    model: Optional[str] = typer.Option(None, "--model", "-m"),
-    pretrained: Optional[str] = typer.Option(None, "--pretrained", "-p"),
+    model: Optional[str] = model_option(),
+    pretrained: Optional[str] = pretrained_option(),
 ) -> None:
     """2D UMAP coordinates of every embedded item (csv/json/parquet) and an optional thumbnail map PNG."""
     from ..projection import UmapOptions, format_coords, project_dataset, render_map, write_coords
     from ..storage import existing_dataset
-    from .embed_cmd import resolve_model_key
 
     paths = existing_dataset(dataset, STATE.root)
-    key = resolve_model_key(paths, model, pretrained)
+    key = choose_model(paths, model, pretrained).key
     chosen = (fmt.value if fmt else None) or (output.suffix.lstrip(".") if output else "csv")
-    if chosen not in ("csv", "json", "parquet"):
+    if chosen not in COORD_FORMATS:
         raise typer.BadParameter(f"Cannot tell the format from {output}; pass --format.")
     rows = project_dataset(paths, key, UmapOptions(neighbors, min_dist, seed, raw=raw), make_progress())
     if output:

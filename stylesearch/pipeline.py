@@ -1,4 +1,4 @@
-"""The offline end-to-end demo: sample images -> thumbnails -> atlas -> embed -> index -> search -> map."""
+"""Multi-step jobs: reindex (lock + embed + index, for cron) and the offline demo."""
 
 from __future__ import annotations
 
@@ -11,16 +11,29 @@ from .progress import Progress
 from .projection import UmapOptions, project_dataset, render_map
 from .samples import write_samples
 from .search import Term, search
-from .storage import DatasetPaths
+from .storage import DatasetPaths, writer_lock
 from .transform import TransformOptions, transform_dataset
 
-FALLBACK = ModelSpec("stylesearch-tiny", RANDOM)
+DEMO_FALLBACK = ModelSpec("stylesearch-tiny", RANDOM)
+
+
+def reindex(paths: DatasetPaths, spec: ModelSpec, kind: str = "auto", options: EmbedOptions = EmbedOptions(),
+            wait: float = 0.0, progress: Progress | None = None) -> dict:
+    """Embed new content and update the index under one writer lock; returns a summary.
+
+    Raises DatasetBusy at once (or after `wait` seconds) when another writer holds the lock.
+    """
+    with writer_lock(paths, wait):
+        embedded = embed_dataset(paths, spec, options=options, progress=progress, lock=False)
+        meta = build_index(paths, spec.key, kind, progress=progress, lock=False)
+    return {**embedded.as_dict(), "index_kind": meta["kind"], "index_count": meta["count"],
+            "index_mode": meta["mode"], "warnings": embedded.warnings}
 
 
 def demo_model() -> tuple[ModelSpec, bool]:
     """The default CLIP model if its weights are cached, else a small random-init model."""
     default = ModelSpec(DEFAULT_MODEL, DEFAULT_PRETRAINED)
-    return (default, True) if weights_cached(default) else (FALLBACK, False)
+    return (default, True) if weights_cached(default) else (DEMO_FALLBACK, False)
 
 
 def run_demo(paths: DatasetPaths, count: int = 90, spec: ModelSpec | None = None,
@@ -41,5 +54,5 @@ def run_demo(paths: DatasetPaths, count: int = 90, spec: ModelSpec | None = None
     report["results"] = search(paths, [Term(1.0, "like", first)], k=5, spec=spec)
     if map_png:
         rows = project_dataset(paths, spec.key, UmapOptions(seed=42), progress)
-        report["map"] = render_map(paths, rows, paths.home / "map.png", size=1024, thumb=48)
+        report["map"] = render_map(paths, rows, paths.map_png, size=1024, thumb=48)
     return report

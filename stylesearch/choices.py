@@ -1,0 +1,16 @@
+"""The names a user chooses from, in one light module.
+
+The core modules validate against these and the frontends offer them (CLI enums, HTTP
+schemas), without importing numpy or the modules that do the work, so `--help` and shell
+completion stay fast.
+"""
+
+INDEX_KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+THUMB_FORMATS = {"jpeg": ".jpg", "webp": ".webp", "png": ".png"}  # thumbnail format -> file extension
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+EMBED_BACKENDS = ("torch",)
+LABEL_STRATEGIES = ("random", "uncertain")
+COORD_FORMATS = ("csv", "json", "parquet")
+ATLAS_ORDERS = ("path", "umap")
+LIST_FORMATS = ("txt", "csv", "tsv", "jsonl")
+OUTPUT_FORMATS = ("table", "json", "jsonl", "tsv", "paths", "paths0")  # paths0: NUL-separated, like find -print0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 
 from .catalog import open_catalog
+from .errors import StyleSearchError
 from .storage import DatasetPaths, datasets_root, existing_dataset, list_dataset_names, read_json
 
 
@@ -15,21 +17,25 @@ def create_dataset(paths: DatasetPaths) -> None:
 
 
 def list_datasets(root: str | os.PathLike | None = None) -> list[dict]:
-    """Name, path and item counts of every dataset under the root."""
+    """Name, path and item counts of every dataset under the root.
+
+    A dataset whose catalog cannot be read is listed with `error` set instead of failing the list.
+    """
     out = []
     for name in list_dataset_names(root):
         paths = existing_dataset(name, root)
-        with open_catalog(paths) as cat:
-            counts = cat.status_counts()
-            models = cat.models()
-        out.append({
-            "name": name,
-            "path": str(paths.home),
-            "items": counts.get("ok", 0),
-            "deleted": counts.get("deleted", 0),
-            "corrupt": counts.get("corrupt", 0),
-            "models": [m["model_key"] for m in models],
-        })
+        row = {"name": name, "path": str(paths.home), "items": None, "deleted": None, "corrupt": None,
+               "models": [], "error": None}
+        try:
+            with open_catalog(paths, readonly=True) as cat:
+                counts = cat.status_counts()
+                models = cat.models()
+        except (StyleSearchError, sqlite3.DatabaseError) as exc:
+            row["error"] = getattr(exc, "message", None) or f"{paths.catalog}: {exc}"
+        else:
+            row.update(items=counts.get("ok", 0), deleted=counts.get("deleted", 0), corrupt=counts.get("corrupt", 0),
+                       models=[m["model_key"] for m in models])
+        out.append(row)
     return out
 
 
@@ -44,7 +50,7 @@ def count_lines(path) -> int:
 def describe(name: str, root: str | os.PathLike | None = None) -> dict:
     """Everything worth knowing about one dataset, as plain data."""
     paths = existing_dataset(name, root)
-    with open_catalog(paths) as cat:
+    with open_catalog(paths, readonly=True) as cat:
         counts = cat.status_counts()
         models = cat.models(with_counts=True)
         downloads = cat.download_counts()

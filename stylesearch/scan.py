@@ -18,21 +18,50 @@ class ScanResult:
     unchanged: int = 0
     deleted: int = 0
     corrupt: int = 0
+    unreadable: int = 0  # files or folders that could not be read (kept as they were in the catalog)
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("new", "changed", "unchanged", "deleted", "corrupt")}
+        return {k: getattr(self, k) for k in ("new", "changed", "unchanged", "deleted", "corrupt", "unreadable")}
+
+
+@dataclass
+class Walk:
+    """Image files found below a folder, and the folders that could not be read."""
+
+    files: list[Path] = field(default_factory=list)
+    unreadable_dirs: list[Path] = field(default_factory=list)
 
 
 def walk_images(folder: Path) -> list[Path]:
-    """All image files below `folder`, sorted, hidden files and folders skipped."""
-    found: list[Path] = []
+    """All image files below `folder`, sorted (see walk_image_folder)."""
+    return walk_image_folder(folder).files
+
+
+def walk_image_folder(folder: Path) -> Walk:
+    """All image files below `folder`, sorted; hidden files and folders skipped.
+
+    Symlinked folders are followed (each real folder once, so link loops end); folders that
+    cannot be read are reported instead of silently looking empty.
+    """
+    walk = Walk()
     if not folder.is_dir():
-        return found
-    for dirpath, dirnames, filenames in os.walk(folder):
+        return walk
+    visited: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True,
+                                                 onerror=lambda e: walk.unreadable_dirs.append(Path(e.filename))):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in visited:
+            dirnames[:] = []
+            continue
+        visited.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_name(f))
-    return found
+        walk.files.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_name(f))
+    return walk
 
 
 def relative_name(images_dir: Path, file: Path) -> str:
@@ -49,37 +78,66 @@ def scan(catalog: Catalog, files: Iterable[Path] | None = None, prune: bool = Tr
 
     Without `files` the dataset's images folder is walked. Unchanged files (same size
     and mtime) are not read; others are hashed and their header read. With `prune`,
-    catalog items whose file disappeared are marked deleted (their vectors are kept).
+    catalog items whose file disappeared are marked deleted (their vectors are kept);
+    items under folders that could not be read are kept as they are. One bad file (a name
+    that is not UTF-8, no permission to read) is counted and skipped, never fatal.
     """
     images_dir = catalog.paths.images
-    files = walk_images(images_dir) if files is None else [Path(f) for f in files]
-    known = catalog.items_by_path()
     result = ScanResult()
+    if files is None:
+        walk = walk_image_folder(images_dir)
+        files, blocked = walk.files, [relative_name(images_dir, d) for d in walk.unreadable_dirs]
+        for rel in blocked:
+            result.unreadable += 1
+            result.warnings.append(f"{rel}: folder cannot be read; its items are kept as they were")
+    else:
+        files, blocked = [Path(f) for f in files], []
+    known = catalog.items_by_path()
     seen: set[str] = set()
     with catalog.transaction():
         for file in files:
             rel = relative_name(images_dir, file)
+            if not _utf8(rel):
+                result.unreadable += 1
+                result.warnings.append(f"{rel.encode('utf-8', 'backslashreplace').decode()}: file name is not "
+                                       "valid UTF-8; rename the file to include it")
+                continue
             if rel in seen:
                 continue
             seen.add(rel)
             _scan_one(catalog, file, rel, known.get(rel), result)
         if prune:
-            gone = [it.id for path, it in known.items() if path not in seen and it.status != "deleted"]
+            gone = [it.id for path, it in known.items()
+                    if path not in seen and it.status != "deleted" and not _under_any(path, blocked)]
             catalog.set_status(gone, "deleted")
             result.deleted = len(gone)
     return result
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _under_any(path: str, folders: list[str]) -> bool:
+    return any(folder in (".", "") or path == folder or path.startswith(folder.rstrip("/") + "/")
+               for folder in folders)
+
+
 def _scan_one(catalog: Catalog, file: Path, rel: str, old, result: ScanResult) -> None:
     try:
         st = file.stat()
+        if old and old.status != "deleted" and old.size == st.st_size and old.mtime == st.st_mtime:
+            result.unchanged += 1
+            return
+        fields = {"size": st.st_size, "mtime": st.st_mtime, "content_hash": file_sha256(file)}
     except OSError as exc:
-        result.warnings.append(f"{rel}: {exc.strerror or exc}")
+        result.unreadable += 1
+        result.warnings.append(f"{rel}: cannot be read ({exc.strerror or exc}); skipped")
         return
-    if old and old.status != "deleted" and old.size == st.st_size and old.mtime == st.st_mtime:
-        result.unchanged += 1
-        return
-    fields = {"size": st.st_size, "mtime": st.st_mtime, "content_hash": file_sha256(file)}
     try:
         fields["width"], fields["height"] = image_size(file)
         fields["status"] = "ok"

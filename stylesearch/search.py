@@ -18,7 +18,8 @@ from .errors import NotReady, UserError
 from .index import load_index
 from .metric import load_metric
 from .model_choice import resolve_spec
-from .models import LoadedModel, ModelSpec, load_model
+from .encoders.query import QueryEncoder, query_encoder
+from .models import ModelSpec
 from .storage import DatasetPaths
 
 _TERM = re.compile(r"^(?P<sign>[+-]?)\s*(?:(?P<weight>\d+(?:\.\d+)?|\.\d+)\*)?(?:(?P<kind>text|image|like):)?(?P<value>.*)$",
@@ -33,17 +34,26 @@ class Term:
     value: str
 
 
+def _parse_term(raw: str, kind: str | None = None) -> Term:
+    """One term; `kind` given for values that are an image or an item by construction (no grammar)."""
+    if kind is not None:
+        if not raw.strip():
+            raise UserError(f"Empty query {kind}.")
+        return Term(1.0, kind, raw.strip())
+    m = _TERM.match(raw.strip())
+    value = m.group("value").strip()
+    if not value:
+        raise UserError(f"Empty query term {raw!r}.")
+    weight = (-1.0 if m.group("sign") == "-" else 1.0) * float(m.group("weight") or 1.0)
+    if weight == 0:
+        raise UserError(f"Query term {raw!r} has weight 0, so it would change nothing.")
+    return Term(weight, m.group("kind") or "text", value)
+
+
 def parse_terms(args: list[str], images: list[str] = (), likes: list[str] = ()) -> list[Term]:
     """Parse query terms plus query images and items into signed terms."""
-    terms = []
-    for raw in args:
-        m = _TERM.match(raw.strip())
-        value = m.group("value").strip()
-        if not value:
-            raise UserError(f"Empty query term {raw!r}.")
-        sign = -1.0 if m.group("sign") == "-" else 1.0
-        terms.append(Term(sign * float(m.group("weight") or 1.0), m.group("kind") or "text", value))
-    terms += [Term(1.0, "image", v) for v in images] + [Term(1.0, "like", v) for v in likes]
+    terms = [_parse_term(raw) for raw in args]
+    terms += [_parse_term(v, "image") for v in images] + [_parse_term(v, "like") for v in likes]
     if not terms:
         raise UserError("Nothing to search for.", "Give a text query, a query image (file or URL) or an item.")
     return terms
@@ -61,7 +71,7 @@ def _image_bytes(ref: str) -> bytes:
 
 
 class Searcher:
-    """Loaded search state for one dataset and model; the model is loaded only when needed."""
+    """Loaded search state for one dataset and model; the query encoder is made only when needed."""
 
     def __init__(self, paths: DatasetPaths, spec: ModelSpec | None = None, raw: bool = False,
                  device: str = "auto", effort: int | None = None):
@@ -77,26 +87,25 @@ class Searcher:
         self.index = load_index(paths, self.model_key, effort)
         self.metric = load_metric(paths, self.model_key, raw=raw, dim=model_meta["dim"])
         self.device = device
-        self._model: LoadedModel | None = None
+        self._encoder: QueryEncoder | None = None
 
     def close(self) -> None:
         self.catalog.close()
 
     @property
-    def model(self) -> LoadedModel:
-        if self._model is None:
-            self._model = load_model(self.spec, self.device)
-        return self._model
+    def encoder(self) -> QueryEncoder:
+        if self._encoder is None:
+            self._encoder = query_encoder(self.paths, self.spec, self.device)
+        return self._encoder
 
     def term_vector(self, term: Term) -> np.ndarray:
         if term.kind == "like":
             return self.catalog.vector_for_item(self.model_key, self.catalog.item(term.value))
         if term.kind == "text":
-            return self.model.encode_text([term.value])[0]
+            return self.encoder.encode_text([term.value])[0]
         from .images import load_rgb
 
-        pixels = self.model.preprocess(load_rgb(_image_bytes(term.value))).unsqueeze(0)
-        return self.model.encode_images(pixels)[0]
+        return self.encoder.encode_image(load_rgb(_image_bytes(term.value)))
 
     def query_vector(self, terms: list[Term]) -> np.ndarray:
         q = sum(t.weight * self.term_vector(t) for t in terms)

@@ -33,6 +33,15 @@ def datasets_root(root: str | os.PathLike | None = None) -> Path:
     return Path(env).expanduser() if env else Path("datasets")
 
 
+def user_cache_dir() -> Path:
+    """Per-user cache folder ($STYLESEARCH_CACHE, else $XDG_CACHE_HOME/stylesearch, else ~/.cache/stylesearch)."""
+    explicit = os.environ.get("STYLESEARCH_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "stylesearch"
+
+
 def check_dataset_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise UserError(
@@ -207,6 +216,10 @@ class DatasetPaths:
     def legacy_metric_weights(self, model_key: str) -> Path:
         """Diagonal weights as written by stylesearch 0.1 (read, never written)."""
         return self.metric_dir(model_key) / "weights.npy"
+
+    def onnx_dir(self, model_key: str) -> Path:
+        """ONNX exports of a model's towers (made once, used by torch-free queries)."""
+        return self.home / "onnx" / model_key
 
     @property
     def projections(self) -> Path:

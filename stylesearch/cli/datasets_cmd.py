@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from .common import STATE, emit_rows, print_json
+from .common import STATE, emit_rows, log, print_json
 
 
 def datasets(
@@ -14,11 +14,14 @@ def datasets(
     from ..dataset import list_datasets
 
     rows = list_datasets(STATE.root)
+    for row in rows:
+        if row["error"]:
+            log(f"warning: dataset {row['name']!r} is unreadable: {row['error']}")
     if as_json:
         print_json(rows)
         return
     for row in rows:
-        row["models"] = ", ".join(row["models"])
+        row["models"] = "UNREADABLE" if row["error"] else ", ".join(row["models"])
     emit_rows(rows, ["name", "items", "deleted", "corrupt", "models", "path"], "table")
 
 

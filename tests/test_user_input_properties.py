@@ -1,0 +1,58 @@
+"""Property-based tests: parsers of user input raise nothing but StyleSearchError."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stylesearch.errors import StyleSearchError
+from stylesearch.judgments import CHOICES, parse_log_lines
+from stylesearch.search import parse_terms
+
+TERM_PARTS = st.tuples(st.sampled_from(["", "+", "-", " -", "--"]),
+                       st.sampled_from(["", "0.5*", "2*", ".3*", "1e3*", "-1*", "*"]),
+                       st.sampled_from(["", "text:", "image:", "like:", "LIKE:", "url:"]),
+                       st.text(max_size=20))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=30), TERM_PARTS.map("".join)), max_size=6),
+       st.lists(st.text(max_size=10), max_size=2), st.lists(st.text(max_size=10), max_size=2))
+def test_query_terms_parse_or_raise_a_user_error(args, images, likes):
+    try:
+        terms = parse_terms(args, images, likes)
+    except StyleSearchError:
+        return
+    assert len(terms) == len(args) + len(images) + len(likes)
+    for term in terms:
+        assert term.kind in ("text", "image", "like") and term.value and term.weight != 0
+
+
+@given(st.sampled_from(["", "-", "+"]), st.floats(0.01, 100, allow_nan=False), st.sampled_from(["text", "image", "like"]),
+       st.text(min_size=1, max_size=12).filter(lambda v: v.strip() and v.strip() == v))
+def test_well_formed_terms_round_trip(sign, weight, kind, value):
+    [term] = parse_terms([f"{sign}{weight!r}*{kind}:{value}"])
+    assert term.kind == kind and term.value == value
+    assert abs(abs(term.weight) - weight) < 1e-9 and (term.weight < 0) == (sign == "-")
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                           max_leaves=8)
+RECORDS = st.fixed_dictionaries({}, optional={
+    "id": JSON_VALUES | st.text(max_size=6), "anchor": JSON_VALUES | st.sampled_from(["a", "b", "c"]),
+    "left": JSON_VALUES | st.sampled_from(["a", "b", "c"]), "right": JSON_VALUES | st.sampled_from(["a", "b", "c"]),
+    "choice": JSON_VALUES | st.sampled_from(CHOICES), "undo": JSON_VALUES, "session": JSON_VALUES})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(RECORDS.map(json.dumps), JSON_VALUES.map(json.dumps), st.text(max_size=40)), max_size=12))
+def test_judgment_lines_never_crash_and_every_line_is_accounted_for(lines):
+    contents = parse_log_lines(lines)
+    nonblank = sum(1 for line in lines if line.strip())
+    assert len(contents.judgments) + contents.malformed + contents.undone <= nonblank
+    for judgment in contents.judgments:
+        assert judgment["choice"] in CHOICES
+        assert len({judgment["anchor"], judgment["left"], judgment["right"]}) == 3

@@ -15,7 +15,7 @@ import numpy as np
 
 from .catalog import open_catalog
 from .errors import NotReady, UserError
-from .index import load_index
+from .index import load_index, metric_space
 from .metric import load_metric
 from .model_choice import resolve_spec
 from .encoders.query import QueryEncoder, query_encoder
@@ -24,7 +24,6 @@ from .storage import DatasetPaths
 
 _TERM = re.compile(r"^(?P<sign>[+-]?)\s*(?:(?P<weight>\d+(?:\.\d+)?|\.\d+)\*)?(?:(?P<kind>text|image|like):)?(?P<value>.*)$",
                    re.S)
-EXACT_LIMIT = 200_000  # below this many indexed vectors, weighted search reranks everything
 
 
 @dataclass(frozen=True)
@@ -122,21 +121,17 @@ class Searcher:
         return self._rows(ids, scores, k, min_score, skip)
 
     def _candidates(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Best ids and scores under the metric: from the index when it lives in the metric's
+        space, else by exact search over the catalog's vectors."""
         fetch = k * 4 + 20
-        if self.index is None:  # no index yet: exact search over the catalog's vectors
-            ids, vectors = self.catalog.load_vectors(self.model_key)
-            if not len(ids):
-                raise NotReady("No embedded items to search.", "Embed the dataset first.",
-                               dataset=self.paths.name, step="embed")
-            return _top(ids, self.metric.scores(query, vectors), fetch)
-        if not self.metric.learned:
-            scores, ids = self.index.search(query[None], fetch)
+        if self.index is not None and self.index.space == metric_space(self.metric):
+            scores, ids = self.index.search(self.metric.to_euclidean(query[None]), fetch)
             return ids[0], scores[0]
-        total = self.index.index.ntotal
-        pool = total if total <= EXACT_LIMIT and self.index.meta["kind"] == "flat" else max(fetch * 10, 1000)
-        _, ids = self.index.search(query[None], pool)
-        ids = ids[0][ids[0] >= 0]
-        return _top(ids, self.metric.scores(query, self.index.vectors(ids)), fetch)
+        ids, vectors = self.catalog.load_vectors(self.model_key)
+        if not len(ids):
+            raise NotReady("No embedded items to search.", "Embed the dataset first.",
+                           dataset=self.paths.name, step="embed")
+        return _top(ids, self.metric.scores(query, vectors), fetch)
 
     def _rows(self, ids, scores, k, min_score, skip) -> list[dict]:
         found = [(int(i), s) for i, s in zip(ids, scores) if i >= 0]  # faiss pads with -1; keep pairs aligned

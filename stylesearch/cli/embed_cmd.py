@@ -58,6 +58,7 @@ def index(
     model: Optional[str] = model_option(),
     pretrained: Optional[str] = pretrained_option(),
     full: bool = typer.Option(False, "--full", help="Rebuild from scratch instead of adding new vectors."),
+    raw: bool = typer.Option(False, "--raw", help="Index the raw vectors even when a learned metric exists."),
     check_recall: bool = typer.Option(False, "--check-recall", help="Report recall@10 against exact search."),
     as_json: bool = typer.Option(False, "--json", help="Print the index metadata as JSON on stdout."),
 ) -> None:
@@ -68,7 +69,7 @@ def index(
 
     paths = existing_dataset(dataset, STATE.root)
     key = choose_model(paths, model, pretrained).key
-    meta = build_index(paths, key, kind.value, full, make_progress())
+    meta = build_index(paths, key, kind.value, full, make_progress(), raw=raw)
     if check_recall:
         meta["recall_at_10"] = round(recall(paths, key), 4)
     summary(meta, as_json, "index")

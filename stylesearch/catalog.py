@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +15,7 @@ import numpy as np
 from .errors import CatalogError, ItemNotFound, NotReady
 from .storage import DatasetPaths, now_iso
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: list[str] = [
     # 0 -> 1
@@ -40,6 +42,16 @@ _MIGRATIONS: list[str] = [
         item_path TEXT, content_hash TEXT, attempts INTEGER NOT NULL DEFAULT 0,
         updated_at TEXT);
     """,
+    # 1 -> 2: item metadata (JSON per item for display, key/value rows for filtering) and groups
+    """
+    ALTER TABLE items ADD COLUMN meta TEXT;
+    ALTER TABLE items ADD COLUMN group_id TEXT;
+    CREATE INDEX items_group ON items(group_id);
+    CREATE TABLE item_meta(item_id INTEGER NOT NULL, key TEXT NOT NULL, value_text TEXT, value_num REAL);
+    CREATE INDEX item_meta_text ON item_meta(key, value_text COLLATE NOCASE);
+    CREATE INDEX item_meta_num ON item_meta(key, value_num);
+    CREATE INDEX item_meta_item ON item_meta(item_id);
+    """,
 ]
 
 
@@ -55,9 +67,11 @@ class Item:
     status: str
     source_url: str | None = None
     caption: str | None = None
+    group_id: str | None = None
 
 
-_ITEM_COLS = "id, path, size, mtime, content_hash, width, height, status, source_url, caption"
+_ITEM_COLS = "id, path, size, mtime, content_hash, width, height, status, source_url, caption, group_id"
+_V1_ITEM_COLS = _ITEM_COLS.replace("group_id", "NULL")  # readers of a catalog not upgraded yet
 
 
 class Catalog:
@@ -101,11 +115,7 @@ class Catalog:
                 if "immutable" in flags:
                     raise
         self._check_version(version)
-        if version < SCHEMA_VERSION:
-            conn.close()
-            raise NotReady(f"Catalog {self.paths.catalog} has the older schema version {version}.",
-                           "Any writing step (embed, index, download) upgrades it.", dataset=self.paths.name,
-                           step="embed")
+        self.version = version  # an older catalog is read as it is (no metadata before version 2)
         return conn
     # -- lifecycle
     def close(self) -> None:
@@ -134,6 +144,15 @@ class Catalog:
                     if statement.strip():
                         self.conn.execute(statement)
                 self.conn.execute(f"PRAGMA user_version={target + 1}")
+        self.version = SCHEMA_VERSION
+
+    @property
+    def has_metadata(self) -> bool:
+        return self.version >= 2
+
+    @property
+    def _cols(self) -> str:
+        return _ITEM_COLS if self.has_metadata else _V1_ITEM_COLS
 
     def transaction(self):
         return _Transaction(self.conn)
@@ -141,7 +160,7 @@ class Catalog:
     # -- items
     def upsert_item(self, path: str, **fields) -> int:
         """Insert or update an item by relative path; returns its id."""
-        fields = {k: v for k, v in fields.items() if k in _ITEM_COLS.split(", ")}
+        fields = {k: v for k, v in fields.items() if k in _ITEM_COLS.split(", ") and k != "id"}
         row = self.conn.execute("SELECT id FROM items WHERE path=?", (path,)).fetchone()
         stamp = now_iso()
         if row:
@@ -156,7 +175,7 @@ class Catalog:
         return int(cur.lastrowid)
 
     def items(self, status: str | None = "ok") -> list[Item]:
-        sql = f"SELECT {_ITEM_COLS} FROM items"
+        sql = f"SELECT {self._cols} FROM items"
         args: tuple = ()
         if status:
             sql, args = sql + " WHERE status=?", (status,)
@@ -175,20 +194,65 @@ class Catalog:
         """Find an item by numeric id or relative path."""
         text = str(ref)
         if text.isdigit():
-            row = self.conn.execute(f"SELECT {_ITEM_COLS} FROM items WHERE id=?", (int(text),)).fetchone()
+            row = self.conn.execute(f"SELECT {self._cols} FROM items WHERE id=?", (int(text),)).fetchone()
         else:
-            row = self.conn.execute(f"SELECT {_ITEM_COLS} FROM items WHERE path=?", (text,)).fetchone()
+            row = self.conn.execute(f"SELECT {self._cols} FROM items WHERE path=?", (text,)).fetchone()
         if not row:
             raise ItemNotFound(f"No item {text!r} in dataset {self.paths.name!r}.",
                                "Use an item id or catalog path, as search results show them.", dataset=self.paths.name)
         return Item(*row)
 
     def items_with_hash(self, content_hash: str) -> list[Item]:
-        rows = self.conn.execute(f"SELECT {_ITEM_COLS} FROM items WHERE content_hash=?", (content_hash,))
+        rows = self.conn.execute(f"SELECT {self._cols} FROM items WHERE content_hash=?", (content_hash,))
         return [Item(*r) for r in rows]
 
     def status_counts(self) -> dict[str, int]:
         return dict(self.conn.execute("SELECT status, COUNT(*) FROM items GROUP BY status").fetchall())
+
+    # -- metadata
+    def set_metadata(self, item_id: int, meta: dict, replace: bool = False) -> None:
+        """Merge (or with `replace`, set) an item's metadata; a None value removes that field."""
+        row = self.conn.execute("SELECT meta FROM items WHERE id=?", (item_id,)).fetchone()
+        current = {} if replace or row is None or not row[0] else json.loads(row[0])
+        merged = {k: v for k, v in {**current, **meta}.items() if v is not None}
+        self.conn.execute("UPDATE items SET meta=?, updated_at=? WHERE id=?",
+                          (json.dumps(merged, sort_keys=True, ensure_ascii=False) if merged else None, now_iso(),
+                           item_id))
+        self.conn.execute("DELETE FROM item_meta WHERE item_id=?", (item_id,))
+        self.conn.executemany("INSERT INTO item_meta VALUES(?,?,?,?)",
+                              [(item_id, k, text, num) for k, text, num in meta_rows(merged)])
+
+    def set_group(self, item_id: int, group_id: str | None) -> None:
+        self.conn.execute("UPDATE items SET group_id=? WHERE id=?", (group_id, item_id))
+
+    def metadata(self, ids: Iterable[int]) -> dict[int, dict]:
+        """Metadata of the given items (items without any are left out)."""
+        ids = [int(i) for i in ids]
+        if not self.has_metadata or not ids:
+            return {}
+        out = {}
+        for start in range(0, len(ids), 900):
+            chunk = ids[start:start + 900]
+            marks = ",".join("?" * len(chunk))
+            for item_id, meta in self.conn.execute(
+                    f"SELECT id, meta FROM items WHERE meta IS NOT NULL AND id IN ({marks})", chunk):
+                out[item_id] = json.loads(meta)
+        return out
+
+    def metadata_fields(self) -> dict[str, int]:
+        """Every metadata field with the number of live items that have it."""
+        if not self.has_metadata:
+            return {}
+        rows = self.conn.execute("SELECT m.key, COUNT(DISTINCT m.item_id) FROM item_meta m JOIN items i "
+                                 "ON i.id=m.item_id WHERE i.status='ok' GROUP BY m.key ORDER BY m.key")
+        return dict(rows.fetchall())
+
+    def live_ids_where(self, where_sql: str, args: Sequence) -> set[int]:
+        """Ids of live items matching an SQL condition on `items` (see filters.py)."""
+        return {r[0] for r in self.conn.execute(f"SELECT id FROM items WHERE status='ok' AND {where_sql}", args)}
+
+    def live_count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM items WHERE status='ok'").fetchone()[0]
 
     # -- models and vectors
     def ensure_model(self, model_key: str, model_name: str, pretrained: str, dim: int, dtype: str) -> None:
@@ -247,6 +311,24 @@ class Catalog:
         mat = np.frombuffer(buf, dtype=np.dtype(meta["dtype"])).reshape(len(rows), meta["dim"])
         return ids, [r[1] for r in rows], mat.astype(np.float32)
 
+    def load_vectors_for_ids(self, model_key: str, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(item ids, float32 matrix) of the given live items that have a vector, in the given order."""
+        meta = self.model(model_key)
+        if meta is None or not len(ids):
+            return np.zeros(0, dtype=np.int64), np.zeros((0, meta["dim"] if meta else 0), dtype=np.float32)
+        rows = []
+        for start in range(0, len(ids), 900):
+            chunk = [int(i) for i in ids[start:start + 900]]
+            marks = ",".join("?" * len(chunk))
+            rows += self.conn.execute(
+                f"SELECT i.id, v.vector FROM items i JOIN vectors v ON v.content_hash=i.content_hash AND "
+                f"v.model_key=? WHERE i.status='ok' AND i.id IN ({marks})", (model_key, *chunk)).fetchall()
+        order = {i: n for n, i in enumerate(ids)}
+        rows.sort(key=lambda r: order[r[0]])
+        found = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        mat = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.dtype(meta["dtype"]))
+        return found, mat.reshape(len(rows), meta["dim"]).astype(np.float32)
+
     def vector_for_item(self, model_key: str, item: Item) -> np.ndarray:
         meta = self.model(model_key)
         row = self.conn.execute(
@@ -281,6 +363,24 @@ class Catalog:
     def item_paths(self) -> set[str]:
         """The path of every catalogued item, whatever its status (to find files no item names)."""
         return {row[0] for row in self.conn.execute("SELECT path FROM items")}
+
+
+def meta_rows(meta: dict, prefix: str = "") -> list[tuple[str, str | None, float | None]]:
+    """(key, text, number) rows that filters match: nested objects as dotted keys, lists one row per element."""
+    rows = []
+    for key, value in meta.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows += meta_rows(value, name + ".")
+            continue
+        for element in value if isinstance(value, list) else [value]:
+            if isinstance(element, bool):
+                rows.append((name, "true" if element else "false", None))
+            elif isinstance(element, (int, float)) and math.isfinite(element):
+                rows.append((name, repr(element) if isinstance(element, float) else str(element), float(element)))
+            elif isinstance(element, str):
+                rows.append((name, element, None))
+    return rows
 
 
 class _Transaction:

@@ -54,6 +54,7 @@ def describe(name: str, root: str | os.PathLike | None = None) -> dict:
         counts = cat.status_counts()
         models = cat.models(with_counts=True)
         downloads = cat.download_counts()
+        metadata_fields = cat.metadata_fields()
     for model in models:
         key = model["model_key"]
         model["index"] = read_json(paths.index_sidecar(key))
@@ -74,6 +75,7 @@ def describe(name: str, root: str | os.PathLike | None = None) -> dict:
         "downloads": downloads,
         "models": models,
         "labels": {"judgments": count_lines(paths.triplets)},
+        "metadata": metadata_fields,
         "thumbnails": read_json(paths.thumbs_params),
         "atlas": (read_json(paths.atlas_manifest) or {}).get("pages"),
     }

@@ -31,7 +31,6 @@ from .dataset import create_dataset
 from .errors import UserError
 from .images import MAX_PIXELS, BadImage, file_sha256, load_rgb
 from .progress import Progress, or_null
-from .scan import relative_name, walk_images
 from .sources import Entry
 from .storage import DatasetPaths, atomic_path, remove_stale_temp_files, writer_lock
 
@@ -418,10 +417,8 @@ class _Store:
             self.catalog.record_download(url, "ok", f"duplicate of {kept}", kept, digest)
             self.result.duplicates += 1
             return
-        name = self._take_orphan(len(fetched.data), digest)
-        present = name is not None
-        if name is None:
-            name, present = self._free_name(fetched, digest)
+        orphan = self._take_orphan(len(fetched.data), digest)
+        name, present = (orphan, True) if orphan else self._free_name(fetched, digest)
         with self.catalog.transaction():  # committed after the rename: no record without its file
             if present:
                 self._record(fetched, digest, name, (self.paths.images / name).stat())
@@ -457,15 +454,13 @@ class _Store:
 
     def _take_orphan(self, size: int, digest: str) -> str | None:
         """An uncatalogued image file with this content (e.g. renamed just before a crash), to adopt."""
-        if self._orphans is None:
-            known = self.catalog.item_paths()
-            self._orphans = {}
-            for file in walk_images(self.paths.images):
-                rel = relative_name(self.paths.images, file)
-                if rel not in known and file.is_file():
-                    self._orphans.setdefault(file.stat().st_size, []).append(rel)
-        for rel in self._orphans.get(size, []):
-            if _has_content(self.paths.images / rel, digest):
-                self._orphans[size].remove(rel)
-                return rel
+        if self._orphans is None:  # downloads are written at the top of images/ only
+            known, self._orphans = self.catalog.item_paths(), {}
+            for file in self.paths.images.iterdir():
+                if file.name not in known and not file.name.startswith(".") and file.is_file():
+                    self._orphans.setdefault(file.stat().st_size, []).append(file.name)
+        for name in self._orphans.get(size, []):
+            if _has_content(self.paths.images / name, digest):
+                self._orphans[size].remove(name)
+                return name
         return None

@@ -54,18 +54,19 @@ def umap_2d(vectors: np.ndarray, opt: UmapOptions) -> np.ndarray:
 
 def project_dataset(paths: DatasetPaths, model_key: str, opt: UmapOptions = UmapOptions(),
                     progress: Progress | None = None) -> list[dict]:
-    """UMAP rows (id, path, x, y) for every embedded item; saves them for atlas ordering."""
+    """UMAP rows (id, path, x, y, meta) for every embedded item; saves them for atlas ordering."""
     progress = or_null(progress)
     with open_catalog(paths, readonly=True) as catalog:
         ids, vectors = catalog.load_vectors(model_key)
         items = {it.id: it for it in catalog.items("ok")}
+        metadata = catalog.metadata(ids)
     metric = load_metric(paths, model_key, raw=opt.raw, dim=vectors.shape[1] if len(vectors) else None)
     progress.start("umap", None)
     coords = umap_2d(metric.to_euclidean(vectors), opt)
     progress.finish()
     save_projection(paths, model_key, ids, coords)
     return [{"id": int(i), "path": items[int(i)].path, "x": float(c[0]), "y": float(c[1]),
-             "hash": items[int(i)].content_hash} for i, c in zip(ids, coords)]
+             "hash": items[int(i)].content_hash, "meta": metadata.get(int(i), {})} for i, c in zip(ids, coords)]
 
 
 def save_projection(paths: DatasetPaths, model_key: str, ids: np.ndarray, coords: np.ndarray) -> None:
@@ -94,25 +95,47 @@ def load_projection(paths: DatasetPaths, model_key: str | None) -> tuple[np.ndar
 COLUMNS = ("id", "path", "x", "y")
 
 
+def _records(rows: list[dict]) -> tuple[list[str], list[dict]]:
+    """Columns (the standard ones, then metadata fields) and flat records for coordinate files."""
+    fields = sorted({k for r in rows for k in r.get("meta", {})} - set(COLUMNS))
+    records = []
+    for r in rows:
+        meta = {k: json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v
+                for k, v in r.get("meta", {}).items()}
+        records.append({**{f: meta.get(f) for f in fields}, **{c: r[c] for c in COLUMNS}})
+    return [*COLUMNS, *fields], records
+
+
 def format_coords(rows: list[dict], fmt: str) -> bytes:
-    """Encode rows as csv, json or parquet bytes."""
+    """Encode rows (with their metadata fields as extra columns) as csv, json or parquet bytes."""
+    columns, records = _records(rows)
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        writer.writerows([r["id"], r["path"], f"{r['x']:.6f}", f"{r['y']:.6f}"] for r in rows)
+        writer.writerow(columns)
+        writer.writerows([*(f"{r[c]:.6f}" if c in ("x", "y") else ("" if r[c] is None else r[c]) for c in columns)]
+                         for r in records)
         return buf.getvalue().encode()
     if fmt == "json":
-        return (json.dumps([{c: r[c] for c in COLUMNS} for r in rows], indent=1) + "\n").encode()
+        return (json.dumps([{c: r[c] for c in columns} for r in records], indent=1, ensure_ascii=False)
+                + "\n").encode()
     if fmt == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.table({c: [r[c] for r in rows] for c in COLUMNS})
+        table = pa.table({c: _parquet_column([r[c] for r in records]) for c in columns})
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         return sink.getvalue().to_pybytes()
     raise UserError(f"Unknown coordinate format {fmt!r}.", f"Use one of: {', '.join(COORD_FORMATS)}.")
+
+
+def _parquet_column(values: list) -> list:
+    """Parquet columns have one type: a metadata column of mixed types goes in as text."""
+    kinds = {type(v) for v in values if v is not None}
+    if kinds <= {int, float} or len(kinds) <= 1:
+        return values
+    return [None if v is None else str(v) for v in values]
 
 
 def write_coords(rows: list[dict], out: Path, fmt: str) -> None:

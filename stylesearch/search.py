@@ -10,11 +10,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from .catalog import open_catalog
 from .errors import NotReady, UserError
+from .filters import Clause, check_fields, to_sql
 from .index import load_index, metric_space
 from .metric import load_metric
 from .model_choice import resolve_spec
@@ -22,6 +24,7 @@ from .encoders.query import QueryEncoder, query_encoder
 from .models import ModelSpec
 from .storage import DatasetPaths
 
+EXACT_SUBSET_LIMIT = 20_000  # a filter matching at most this many items is searched exactly
 _TERM = re.compile(r"^(?P<sign>[+-]?)\s*(?:(?P<weight>\d+(?:\.\d+)?|\.\d+)\*)?(?:(?P<kind>text|image|like):)?(?P<value>.*)$",
                    re.S)
 
@@ -87,6 +90,7 @@ class Searcher:
         self.metric = load_metric(paths, self.model_key, raw=raw, dim=model_meta["dim"])
         self.device = device
         self._encoder: QueryEncoder | None = None
+        self._vectors: tuple[np.ndarray, np.ndarray] | None = None
 
     def close(self) -> None:
         self.catalog.close()
@@ -114,40 +118,119 @@ class Searcher:
         return (q / norm).astype(np.float32)
 
     def search(self, terms: list[Term], k: int = 10, min_score: float | None = None,
-               exclude_like: bool = True) -> list[dict]:
-        query = self.query_vector(terms)
-        ids, scores = self._candidates(query, k)
+               exclude_like: bool = True, filters: Sequence[Clause] = (), group: bool = False) -> list[dict]:
+        """The k best items for the terms, under the learned metric, among items matching the filters."""
         skip = {self.catalog.item(t.value).id for t in terms if t.kind == "like"} if exclude_like else set()
-        return self._rows(ids, scores, k, min_score, skip)
+        return self.search_vector(self.query_vector(terms), k, min_score, skip, filters, group)
 
-    def _candidates(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search_vector(self, query: np.ndarray, k: int = 10, min_score: float | None = None,
+                      skip: set[int] = frozenset(), filters: Sequence[Clause] = (), group: bool = False) -> list[dict]:
+        """Exact when the filter is selective (score only the matching items); otherwise take more
+        and more candidates from the index, dropping non-matching ones, until k rows or the collection
+        is exhausted."""
+        allowed = self._allowed(filters)
+        select = RowFilter(skip, allowed, min_score, group)
+        if allowed is not None and len(allowed) <= EXACT_SUBSET_LIMIT:
+            ids, scores = self._exact(query, allowed)
+            return self._rows(ids, scores, k, select)
+        fetch, total = (k + len(skip)) * 4 + 20, self._total()
+        while True:
+            ids, scores = self._candidates(query, fetch)
+            rows = self._rows(ids, scores, k, select)
+            if len(rows) >= k or fetch >= total or (min_score is not None and len(scores) and scores[-1] < min_score):
+                return rows
+            fetch *= 4
+
+    def _allowed(self, filters: Sequence[Clause]) -> set[int] | None:
+        if not filters:
+            return None
+        check_fields(list(filters), set(self.catalog.metadata_fields()))
+        sql, args = to_sql(list(filters))
+        return self.catalog.live_ids_where(sql, args)
+
+    def _total(self) -> int:
+        return self.index.index.ntotal if self._index_usable() else self.catalog.live_count()
+
+    def _index_usable(self) -> bool:
+        return self.index is not None and self.index.space == metric_space(self.metric)
+
+    def _exact(self, query: np.ndarray, ids: set[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Every (given) item scored exactly under the metric, best first."""
+        if ids is None:
+            found, vectors = self._all_vectors()
+        else:
+            found, vectors = self.catalog.load_vectors_for_ids(self.model_key, sorted(ids))
+        return _top(found, self.metric.scores(query, vectors), len(found))
+
+    def _all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._vectors is None:
+            self._vectors = self.catalog.load_vectors(self.model_key)
+            if not len(self._vectors[0]):
+                raise NotReady("No embedded items to search.", "Embed the dataset first.",
+                               dataset=self.paths.name, step="embed")
+        return self._vectors
+
+    def _candidates(self, query: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         """Best ids and scores under the metric: from the index when it lives in the metric's
         space, else by exact search over the catalog's vectors."""
-        fetch = k * 4 + 20
-        if self.index is not None and self.index.space == metric_space(self.metric):
+        if self._index_usable():
             scores, ids = self.index.search(self.metric.to_euclidean(query[None]), fetch)
-            return ids[0], scores[0]
-        ids, vectors = self.catalog.load_vectors(self.model_key)
-        if not len(ids):
-            raise NotReady("No embedded items to search.", "Embed the dataset first.",
-                           dataset=self.paths.name, step="embed")
-        return _top(ids, self.metric.scores(query, vectors), fetch)
+            keep = ids[0] >= 0  # faiss pads with -1
+            return ids[0][keep], scores[0][keep]
+        ids, scores = self._exact(query)
+        return ids[:fetch], scores[:fetch]
 
-    def _rows(self, ids, scores, k, min_score, skip) -> list[dict]:
-        found = [(int(i), s) for i, s in zip(ids, scores) if i >= 0]  # faiss pads with -1; keep pairs aligned
-        marks = ",".join("?" for _ in found) or "NULL"
-        live = {r[0]: r[1] for r in self.catalog.conn.execute(
-            f"SELECT id, path FROM items WHERE status='ok' AND id IN ({marks})", [i for i, _ in found])}
-        rows = []
+    def _rows(self, ids, scores, k: int, select: "RowFilter") -> list[dict]:
+        found = [(int(i), float(s)) for i, s in zip(ids, scores)]
+        live = self._live([i for i, _ in found])
+        rows, groups = [], set()
         for item_id, score in found:
-            if item_id not in live or item_id in skip or (min_score is not None and score < min_score):
+            if item_id not in live or not select.keeps(item_id, score, live[item_id][1], groups):
                 continue
-            path = live[item_id]
-            rows.append({"rank": len(rows) + 1, "score": round(float(score), 6), "id": item_id, "path": path,
+            path = live[item_id][0]
+            rows.append({"rank": len(rows) + 1, "score": round(score, 6), "id": item_id, "path": path,
                          "file": str(self.paths.item_file(path).absolute())})
             if len(rows) == k:
                 break
+        metadata = self.catalog.metadata([r["id"] for r in rows])
+        for row in rows:
+            row["group"] = live[row["id"]][1]
+            row["meta"] = metadata.get(row["id"], {})
         return rows
+
+    def _live(self, ids: list[int]) -> dict[int, tuple[str, str | None]]:
+        """(path, group) of the live items among ids."""
+        out = {}
+        cols = "id, path, group_id" if self.catalog.has_metadata else "id, path, NULL"
+        for start in range(0, len(ids), 900):
+            chunk = ids[start:start + 900]
+            marks = ",".join("?" * len(chunk))
+            out.update({r[0]: (r[1], r[2]) for r in self.catalog.conn.execute(
+                f"SELECT {cols} FROM items WHERE status='ok' AND id IN ({marks})", chunk)})
+        return out
+
+
+@dataclass
+class RowFilter:
+    """Which candidates become rows: not a query item, matching the filters, above the minimum
+    score, and (with `group`) the first, best one of its group."""
+
+    skip: set[int]
+    allowed: set[int] | None
+    min_score: float | None
+    group: bool
+
+    def keeps(self, item_id: int, score: float, group_id: str | None, seen_groups: set) -> bool:
+        if item_id in self.skip or (self.allowed is not None and item_id not in self.allowed):
+            return False
+        if self.min_score is not None and score < self.min_score:
+            return False
+        if self.group:
+            key = group_id if group_id is not None else ("item", item_id)
+            if key in seen_groups:
+                return False
+            seen_groups.add(key)
+        return True
 
 
 def _top(ids: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -157,10 +240,40 @@ def _top(ids: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.nd
 
 def search(paths: DatasetPaths, terms: list[Term], k: int = 10, spec: ModelSpec | None = None,
            min_score: float | None = None, raw: bool = False, device: str = "auto",
-           effort: int | None = None) -> list[dict]:
+           effort: int | None = None, filters: Sequence[Clause] = (), group: bool = False) -> list[dict]:
     """One-shot search; see Searcher for repeated queries."""
     searcher = Searcher(paths, spec, raw=raw, device=device, effort=effort)
     try:
-        return searcher.search(terms, k, min_score)
+        return searcher.search(terms, k, min_score, filters=filters, group=group)
     finally:
         searcher.close()
+
+
+def search_datasets(datasets: Sequence[DatasetPaths], terms: list[Term], k: int = 10, model: str | None = None,
+                    pretrained: str | None = None, min_score: float | None = None, raw: bool = False,
+                    device: str = "auto", effort: int | None = None, filters: Sequence[Clause] = (),
+                    group: bool = False) -> list[dict]:
+    """Search several datasets embedded with the same model; rows are merged by score and name
+    their dataset. `like:` terms name items of the first dataset."""
+    specs = [resolve_spec(p, model, pretrained, embedded_only=True) for p in datasets]
+    keys = {spec.key for spec in specs}
+    if len(keys) > 1:
+        listing = ", ".join(f"{p.name}: {s.key}" for p, s in zip(datasets, specs))
+        raise UserError(f"These datasets are embedded with different models ({listing}).",
+                        "Search datasets of one model together, or choose the model they share.")
+    searchers = [Searcher(p, s, raw=raw, device=device, effort=effort) for p, s in zip(datasets, specs)]
+    try:
+        first = searchers[0]
+        query = first.query_vector(terms)
+        skip = {first.catalog.item(t.value).id for t in terms if t.kind == "like"}
+        for other in searchers[1:]:
+            other._encoder = first._encoder  # one model load for every dataset
+        merged = []
+        for n, searcher in enumerate(searchers):
+            rows = searcher.search_vector(query, k, min_score, skip if n == 0 else set(), filters, group)
+            merged += [{**row, "dataset": searcher.paths.name} for row in rows]
+    finally:
+        for searcher in searchers:
+            searcher.close()
+    merged.sort(key=lambda r: -r["score"])
+    return [{**row, "rank": n + 1} for n, row in enumerate(merged[:k])]

@@ -13,7 +13,7 @@ def captured(monkeypatch, cli, root):
     make_dataset(root, "demo", 3)
     calls = []
 
-    def fake_search(paths, terms, k, spec, *rest):
+    def fake_search(paths, terms, k, spec, *rest):  # noqa: ARG001
         calls.append({"terms": [(t.weight, t.kind, t.value) for t in terms], "k": k})
         return []
 
@@ -30,8 +30,10 @@ def test_mistyped_long_option_is_an_error_with_a_suggestion(cli, captured):
 
 
 def test_unknown_long_option_is_an_error(cli, captured):
-    proc = cli("search", "demo", "red", "--where", "category=shoes", check=False)
-    assert proc.returncode == 2 and "No such option: --where" in proc.stderr
+    proc = cli("search", "demo", "red", "--colour", "red", check=False)
+    assert proc.returncode == 2 and "No such option: --colour" in proc.stderr
+    proc = cli("search", "demo", "red", "--were", "category=shoes", check=False)
+    assert proc.returncode == 2 and "No such option: --were" in proc.stderr and "--where" in proc.stderr
     assert captured == []
 
 

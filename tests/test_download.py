@@ -249,3 +249,13 @@ def test_csv_without_url_column_is_refused_with_the_columns_found():
     assert parse_entries(io.StringIO("http://a/1.jpg\n"), "tsv")[0] == [Entry("http://a/1.jpg")]
     bom = "\ufeffURL,id\nhttp://a/1.jpg,7\n"
     assert read_source("-", stdin=io.StringIO(bom))[0] == [Entry("http://a/1.jpg", "7")]
+
+
+def test_odd_urls_are_counted_or_fetched_never_fatal(tmp_path, server):
+    paths = dataset_paths("odd", tmp_path)
+    odd = ["http://[::1/x.jpg", "http://127.0.0.1:99999/x.jpg", "http://127.0.0.1/a\x00b.jpg", "http://\ud800.jpg",
+           "javascript:alert(1)", "http:///no-host.jpg"]
+    entries = [Entry(u) for u in odd] + [Entry(server.url + "/img/1.jpg?q=a b é")]  # sent percent-encoded
+    result = download(paths, entries, QUICK)
+    assert result.bad_urls == len(odd) and result.ok == 1 and result.failed == 0
+    assert server.hits == {"/img/1.jpg?q=a%20b%20%C3%A9": 1}

@@ -46,6 +46,8 @@ def _print_info(data: dict) -> None:
     if data["downloads"]:
         lines.append("downloads " + ", ".join(f"{v} {k}" for k, v in sorted(data["downloads"].items())))
     lines.append(f"labels    {data['labels']['judgments']} judgments in {data['paths']['triplets']}")
+    if data.get("metadata"):
+        lines.append("metadata  " + ", ".join(f"{k} ({n})" for k, n in data["metadata"].items()))
     if data.get("thumbnails"):
         lines.append(f"thumbs    max side {data['thumbnails'].get('max_side')} in {data['paths']['thumbs']}")
     for model in data["models"]:

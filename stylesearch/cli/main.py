@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from ..errors import StyleSearchError
-from . import (atlas_cmd, datasets_cmd, demo_cmd, embed_cmd, ingest_cmd, learn_cmd, projection_cmd,
+from . import (atlas_cmd, datasets_cmd, demo_cmd, embed_cmd, ingest_cmd, learn_cmd, meta_cmd, projection_cmd,
                search_cmd)
 from .common import STATE
 from .errors import render_error
@@ -65,7 +65,8 @@ def _global(
     STATE.verbose = verbose
 
 
-for module in (datasets_cmd, demo_cmd, ingest_cmd, atlas_cmd, embed_cmd, search_cmd, learn_cmd, projection_cmd):
+for module in (datasets_cmd, demo_cmd, ingest_cmd, meta_cmd, atlas_cmd, embed_cmd, search_cmd, learn_cmd,
+               projection_cmd):
     module.register(app)
 
 

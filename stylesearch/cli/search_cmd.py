@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import List, Optional
 
 import typer
@@ -51,7 +52,7 @@ class TermsCommand(TyperCommand):
 
 
 def search(
-    dataset: str = typer.Argument(..., help="Dataset name."),
+    dataset: Optional[str] = typer.Argument(None, help="Dataset name (with --dataset/--all: the first term)."),
     terms: Optional[List[str]] = typer.Argument(None, help=TERMS_HELP, show_default=False),
     image: Optional[List[str]] = typer.Option(None, "--image", "-i", help="Query image file or URL (repeatable)."),
     like: Optional[List[str]] = typer.Option(None, "--like", "-l", help="Item id or path to find similar to."),
@@ -63,20 +64,73 @@ def search(
     device: str = typer.Option("auto", "--device"),
     effort: Optional[int] = typer.Option(None, "--effort", min=1,
                                          help="HNSW efSearch / IVF nprobe: higher = better recall, slower."),
+    where: Optional[List[str]] = typer.Option(None, "--where", "-w", help=(
+        "Filter on metadata (repeatable, all must hold): FIELD=VALUE, != < <= > >=, \"FIELD in (A,B)\", "
+        "\"FIELD not in (A,B)\", \"FIELD exists\".")),
+    group: bool = typer.Option(False, "--group", help="One result per group (the best image of each product)."),
+    datasets: Optional[List[str]] = typer.Option(None, "--dataset", "-d",
+                                                 help="Search these datasets together (repeatable); then every "
+                                                      "positional word is a term."),
+    all_datasets: bool = typer.Option(False, "--all", help="Search every dataset embedded with the same model."),
     fmt: OutputFormat = typer.Option("table", "--format", "-f",
                                      help="Output format (paths0: NUL-separated paths, for xargs -0)."),
 ) -> None:
-    """Search by text, image, or item, with +/- query arithmetic."""
+    """Search by text, image, or item, with +/- query arithmetic and metadata filters."""
+    from ..filters import parse_filters
     from ..search import parse_terms
+
+    clauses = parse_filters(where or [])
+    if datasets or all_datasets:
+        words = [dataset, *(terms or [])] if dataset is not None else list(terms or [])
+        parsed = parse_terms(words, image or [], like or [])
+        rows, title = _search_many(datasets, all_datasets, parsed, k, model, pretrained, min_score, raw, device,
+                                   effort, clauses, group)
+    else:
+        if dataset is None:
+            raise typer.BadParameter("Name a dataset, or use --dataset/--all.")
+        parsed = parse_terms(terms or [], image or [], like or [])
+        rows, title = _search_one(dataset, parsed, k, model, pretrained, min_score, raw, device, effort, clauses,
+                                  group)
+    columns = (["rank", "score", "dataset", "id", "path"] if datasets or all_datasets else
+               ["rank", "score", "id", "path"])
+    shown = flatten_meta(rows) if fmt.value in ("table", "tsv") else rows
+    emit_rows(shown, columns + meta_columns(rows), fmt, title=f"{title}: {describe_terms(parsed)}", path_key="file")
+
+
+def _search_one(dataset, parsed, k, model, pretrained, min_score, raw, device, effort, clauses, group):
     from ..search import search as run_search
     from ..storage import existing_dataset
 
     paths = existing_dataset(dataset, STATE.root)
-    parsed = parse_terms(terms or [], image or [], like or [])
     spec = choose_model(paths, model, pretrained)
-    rows = run_search(paths, parsed, k, spec, min_score, raw, device, effort)
-    emit_rows(rows, ["rank", "score", "id", "path"], fmt, title=f"{dataset}: {describe_terms(parsed)}",
-              path_key="file")
+    return run_search(paths, parsed, k, spec, min_score, raw, device, effort, clauses, group), dataset
+
+
+def _search_many(names, all_datasets, parsed, k, model, pretrained, min_score, raw, device, effort, clauses, group):
+    from ..search import search_datasets
+    from ..storage import existing_dataset, list_dataset_names
+
+    chosen = list_dataset_names(STATE.root) if all_datasets else list(dict.fromkeys(names))
+    if all_datasets and not chosen:
+        raise typer.BadParameter("There are no datasets to search.")
+    paths = [existing_dataset(name, STATE.root) for name in chosen]
+    rows = search_datasets(paths, parsed, k, model, pretrained, min_score, raw, device, effort, clauses, group)
+    return rows, ", ".join(chosen)
+
+
+def meta_columns(rows: list[dict]) -> list[str]:
+    """Metadata fields present in the rows, as extra columns (sorted)."""
+    return sorted({key for row in rows for key in row.get("meta", {})})
+
+
+def flatten_meta(rows: list[dict]) -> list[dict]:
+    """Rows with metadata fields beside the standard columns, for table and tsv; json keeps `meta` nested."""
+    out = []
+    for row in rows:
+        extra = {k: json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v
+                 for k, v in row.get("meta", {}).items() if k not in row}
+        out.append({**extra, **row})
+    return out
 
 
 def describe_terms(terms) -> str:

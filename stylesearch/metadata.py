@@ -1,0 +1,120 @@
+"""Item metadata: typing values from catalogue files, and attaching metadata to existing items.
+
+Values from CSV/TSV cells are typed (integers, decimals, true/false, JSON arrays/objects,
+else text); JSONL values keep their JSON types. Metadata is stored per item in the catalog
+(see Catalog.set_metadata) and filtered with the grammar of filters.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .catalog import open_catalog
+from .errors import UserError
+from .storage import DatasetPaths, writer_lock
+
+KEY_COLUMNS = ("path", "item_id", "id", "url", "source_url")  # how a metadata row names its item, by preference
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def typed_value(text: str):
+    """A CSV cell as a JSON value: numbers, booleans, JSON arrays/objects, empty -> None, else text."""
+    value = text.strip()
+    if value == "":
+        return None
+    if _NUMBER.fullmatch(value):
+        number = float(value)
+        return int(value) if re.fullmatch(r"[+-]?\d+", value) and abs(number) < 2**63 else number
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if value[0] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    return value
+
+
+@dataclass
+class MetadataResult:
+    updated: int = 0
+    unknown_items: int = 0
+    malformed_lines: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"updated": self.updated, "unknown_items": self.unknown_items,
+                "malformed_lines": self.malformed_lines}
+
+
+def read_metadata_rows(path: str | Path, text: str | None = None) -> tuple[list[dict], int]:
+    """(rows, malformed line count) of a CSV, TSV or JSONL metadata file."""
+    path = Path(path)
+    if text is None:
+        if not path.is_file():
+            raise UserError(f"Metadata file {path} does not exist.")
+        text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix.lower() in (".jsonl", ".json") or text.lstrip().startswith("{"):
+        rows, bad = [], 0
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                rows.append(record)
+            else:
+                bad += 1
+        return rows, bad
+    delimiter = "\t" if path.suffix.lower() == ".tsv" or "\t" in text.split("\n", 1)[0] else ","
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    rows = [{k.strip(): typed_value(v or "") for k, v in row.items() if k} for row in reader]
+    return rows, 0
+
+
+def _key_column(rows: list[dict]) -> str:
+    columns = set().union(*(r.keys() for r in rows)) if rows else set()
+    for key in KEY_COLUMNS:
+        if key in columns:
+            return key
+    raise UserError(f"The metadata rows name no item: found columns {', '.join(sorted(columns)) or 'none'}.",
+                    f"Add a column naming each item: one of {', '.join(KEY_COLUMNS)} "
+                    "(path as in the catalog, the item's numeric id, or the URL it was downloaded from).")
+
+
+def attach_metadata(paths: DatasetPaths, rows: list[dict], malformed: int = 0, replace: bool = False,
+                    lock: bool = True) -> MetadataResult:
+    """Merge each row's fields into the metadata of the item it names (by path, id or URL)."""
+    result = MetadataResult(malformed_lines=malformed)
+    key = _key_column(rows)
+    guard = writer_lock(paths) if lock else contextlib.nullcontext()
+    with guard, open_catalog(paths) as catalog, catalog.transaction():
+        lookup = _item_lookup(catalog, key)
+        for row in rows:
+            item_id = lookup(row.get(key))
+            if item_id is None:
+                result.unknown_items += 1
+                result.warnings.append(f"no item with {key} {row.get(key)!r}")
+                continue
+            catalog.set_metadata(item_id, {k: v for k, v in row.items() if k != key}, replace=replace)
+            result.updated += 1
+    return result
+
+
+def _item_lookup(catalog, key: str):
+    items = catalog.items(status=None)
+    if key == "path":
+        table = {it.path: it.id for it in items}
+    elif key in ("url", "source_url"):
+        table = {it.source_url: it.id for it in items if it.source_url}
+    else:
+        table = {str(it.id): it.id for it in items}
+    return lambda value: table.get(str(value)) if value is not None else None

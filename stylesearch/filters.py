@@ -61,6 +61,8 @@ def _value(expr: str, pos: int) -> tuple[object, int]:
     quoted = m.group(1) if m.group(1) is not None else m.group(2)
     if quoted is not None:
         return re.sub(r"\\(.)", r"\1", quoted), m.end()
+    if m.group(3)[0] in "<>=!":
+        raise _fail(expr, m.start(3), f"unexpected {m.group(3)[0]!r} (quote a value that starts with it)")
     return _number(m.group(3)), m.end()
 
 

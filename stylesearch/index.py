@@ -89,6 +89,7 @@ def tune(index, kind: str, effort: int | None = None) -> None:
 class LoadedIndex:
     index: object
     meta: dict
+    _order: tuple | None = None  # (positions sorted by id, sorted ids), computed on first use
 
     @property
     def space(self) -> str:
@@ -101,18 +102,44 @@ class LoadedIndex:
         return (scores if self.space == RAW_SPACE else 1.0 - 0.5 * scores), ids
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
-        """Stored vectors for item ids (exact for flat/HNSW/IVF, approximate for IVF-PQ)."""
-        import faiss
-
+        """Stored vectors for item ids in the index (exact for flat/HNSW/IVF, approximate for IVF-PQ)."""
         if not len(ids):
             return np.zeros((0, self.index.d), dtype=np.float32)
-        base = faiss.downcast_index(self.index.index)
-        if isinstance(base, faiss.IndexFlat):  # one vectorised gather instead of a call per id
-            stored = faiss.vector_to_array(base.codes).view(np.float32).reshape(base.ntotal, base.d)
-            id_map = faiss.vector_to_array(self.index.id_map)
-            order = np.argsort(id_map)
-            return stored[order[np.searchsorted(id_map[order], ids)]]
+        if self.is_flat:  # one vectorised gather instead of a call per id
+            return self._flat_rows()[self._positions(np.asarray(ids, dtype=np.int64))]
         return np.stack([self.index.reconstruct(int(i)) for i in ids])
+
+    @property
+    def is_flat(self) -> bool:
+        return self.meta.get("kind") == "flat"
+
+    def gather(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(those of `ids` that are in the index, their stored vectors): fast for flat indexes."""
+        ids = np.asarray(ids, dtype=np.int64)
+        order, sorted_ids = self._id_order()
+        pos = np.minimum(np.searchsorted(sorted_ids, ids), max(0, len(sorted_ids) - 1))
+        present = ids[sorted_ids[pos] == ids] if len(sorted_ids) else ids[:0]
+        return present, self.vectors(present)
+
+    def _positions(self, ids: np.ndarray) -> np.ndarray:
+        order, sorted_ids = self._id_order()
+        return order[np.searchsorted(sorted_ids, ids)]
+
+    def _id_order(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._order is None:
+            import faiss
+
+            id_map = faiss.vector_to_array(self.index.id_map)
+            order = np.argsort(id_map, kind="stable")
+            self._order = (order, id_map[order])
+        return self._order
+
+    def _flat_rows(self) -> np.ndarray:
+        """The flat index's vectors as a numpy view (no copy)."""
+        import faiss
+
+        base = faiss.downcast_index(self.index.index)
+        return faiss.rev_swig_ptr(base.get_xb(), base.ntotal * base.d).reshape(base.ntotal, base.d)
 
 
 def load_index(paths: DatasetPaths, model_key: str, effort: int | None = None) -> LoadedIndex | None:

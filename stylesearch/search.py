@@ -91,6 +91,8 @@ class Searcher:
         self.device = device
         self._encoder: QueryEncoder | None = None
         self._vectors: tuple[np.ndarray, np.ndarray] | None = None
+        self._fields: set[str] | None = None  # metadata fields, for checking filters
+        self._allowed_cache: dict[tuple, set[int]] = {}
 
     def close(self) -> None:
         self.catalog.close()
@@ -142,11 +144,19 @@ class Searcher:
             fetch *= 4
 
     def _allowed(self, filters: Sequence[Clause]) -> set[int] | None:
+        """Ids of live items matching every filter (None: no filter); remembered per filter set."""
         if not filters:
             return None
-        check_fields(list(filters), set(self.catalog.metadata_fields()))
-        sql, args = to_sql(list(filters))
-        return self.catalog.live_ids_where(sql, args)
+        key = tuple(filters)
+        if key not in self._allowed_cache:
+            if self._fields is None:
+                self._fields = set(self.catalog.metadata_fields())
+            check_fields(list(filters), self._fields)
+            sql, args = to_sql(list(filters))
+            if len(self._allowed_cache) >= 16:
+                self._allowed_cache.pop(next(iter(self._allowed_cache)))
+            self._allowed_cache[key] = self.catalog.live_ids_where(sql, args)
+        return self._allowed_cache[key]
 
     def _total(self) -> int:
         return self.index.index.ntotal if self._index_usable() else self.catalog.live_count()
@@ -155,12 +165,32 @@ class Searcher:
         return self.index is not None and self.index.space == metric_space(self.metric)
 
     def _exact(self, query: np.ndarray, ids: set[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Every (given) item scored exactly under the metric, best first."""
+        """Every (given) item scored exactly under the metric, best first.
+
+        A flat index in the metric's space holds exactly the vectors to score, so they are taken
+        from it (no catalog read); items added since the index was built come from the catalog.
+        """
         if ids is None:
             found, vectors = self._all_vectors()
-        else:
-            found, vectors = self.catalog.load_vectors_for_ids(self.model_key, sorted(ids))
-        return _top(found, self.metric.scores(query, vectors), len(found))
+            return _top(found, self.metric.scores(query, vectors), len(found))
+        wanted = np.array(sorted(ids), dtype=np.int64)
+        found, scores = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        if self._index_usable() and self.index.is_flat:
+            found, stored = self.index.gather(wanted)
+            scores = self._space_scores(query, stored)
+            wanted = np.setdiff1d(wanted, found, assume_unique=True)
+        if len(wanted):
+            more, vectors = self.catalog.load_vectors_for_ids(self.model_key, wanted.tolist())
+            found = np.concatenate([found, more])
+            scores = np.concatenate([scores, self.metric.scores(query, vectors)])
+        return _top(found, scores, len(found))
+
+    def _space_scores(self, query: np.ndarray, stored: np.ndarray) -> np.ndarray:
+        """Scores of vectors already in the index's space (the metric's Euclidean space, or raw)."""
+        if not self.metric.learned:
+            return stored @ query
+        diff = stored - self.metric.to_euclidean(query[None])[0]
+        return 1.0 - 0.5 * np.einsum("ij,ij->i", diff, diff)
 
     def _all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         if self._vectors is None:

@@ -56,3 +56,19 @@ def test_judgment_lines_never_crash_and_every_line_is_accounted_for(lines):
     for judgment in contents.judgments:
         assert judgment["choice"] in CHOICES
         assert len({judgment["anchor"], judgment["left"], judgment["right"]}) == 3
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(max_size=40) | st.builds("{}{}{}".format, st.sampled_from(["a", "price", " x.y ", "1a", ""]),
+                                         st.sampled_from(["=", "<", "<=", "!=", " in ", " not in ", " exists", "<<"]),
+                                         st.text(max_size=15)))
+def test_filter_expressions_parse_or_raise_a_user_error(expr):
+    from stylesearch.filters import parse_clause, to_sql
+
+    try:
+        clause = parse_clause(expr)
+    except StyleSearchError as exc:
+        assert "position" in exc.message
+        return
+    sql, args = to_sql([clause])
+    assert sql.count("?") == len(args)

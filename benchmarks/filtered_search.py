@@ -12,7 +12,7 @@ import numpy as np
 
 from stylesearch.catalog import open_catalog
 from stylesearch.filters import parse_filters
-from stylesearch.index import build_index
+from stylesearch.index_build import build_index
 from stylesearch.search import Searcher
 from stylesearch.storage import dataset_paths
 

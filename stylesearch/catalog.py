@@ -12,7 +12,8 @@ from urllib.parse import quote
 
 import numpy as np
 
-from .errors import CatalogError, ItemNotFound, NotReady
+from .catalog_vectors import VectorTables
+from .errors import CatalogError, ItemNotFound
 from .storage import DatasetPaths, now_iso
 
 SCHEMA_VERSION = 2
@@ -74,7 +75,7 @@ _ITEM_COLS = "id, path, size, mtime, content_hash, width, height, status, source
 _V1_ITEM_COLS = _ITEM_COLS.replace("group_id", "NULL")  # readers of a catalog not upgraded yet
 
 
-class Catalog:
+class Catalog(VectorTables):
     """A connection to one dataset's catalog.
 
     Writers (`readonly=False`) create and migrate it and use WAL. Readers open it read-only
@@ -216,7 +217,7 @@ class Catalog:
         current = {} if replace or row is None or not row[0] else json.loads(row[0])
         merged = {k: v for k, v in {**current, **meta}.items() if v is not None}
         self.conn.execute("UPDATE items SET meta=?, updated_at=? WHERE id=?",
-                          (json.dumps(merged, sort_keys=True, ensure_ascii=False) if merged else None, now_iso(),
+                          (json.dumps(merged, sort_keys=True) if merged else None, now_iso(),
                            item_id))
         self.conn.execute("DELETE FROM item_meta WHERE item_id=?", (item_id,))
         self.conn.executemany("INSERT INTO item_meta VALUES(?,?,?,?)",
@@ -254,91 +255,6 @@ class Catalog:
     def live_count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM items WHERE status='ok'").fetchone()[0]
 
-    # -- models and vectors
-    def ensure_model(self, model_key: str, model_name: str, pretrained: str, dim: int, dtype: str) -> None:
-        row = self.conn.execute("SELECT dim, dtype FROM models WHERE model_key=?", (model_key,)).fetchone()
-        if row is None:
-            self.conn.execute(
-                "INSERT INTO models VALUES(?,?,?,?,?,?)", (model_key, model_name, pretrained, dim, dtype, now_iso())
-            )
-        elif row[0] != dim:
-            raise CatalogError(f"Model key {model_key!r} has dim {row[0]} in the catalog but the model gives {dim}.")
-
-    def models(self, with_counts: bool = False) -> list[dict]:
-        """Embedding models in this catalog; counting vectors reads every vector, so it is optional."""
-        count = "(SELECT COUNT(*) FROM vectors v WHERE v.model_key=m.model_key)" if with_counts else "NULL"
-        rows = self.conn.execute(
-            f"SELECT m.model_key, m.model_name, m.pretrained, m.dim, m.dtype, m.created_at, {count} "
-            "FROM models m ORDER BY m.created_at, m.model_key"
-        ).fetchall()
-        keys = ["model_key", "model_name", "pretrained", "dim", "dtype", "created_at", "vectors"]
-        return [dict(zip(keys, r)) for r in rows]
-
-    def model(self, model_key: str) -> dict | None:
-        row = self.conn.execute("SELECT model_key, model_name, pretrained, dim, dtype, created_at FROM models "
-                                "WHERE model_key=?", (model_key,)).fetchone()
-        keys = ["model_key", "model_name", "pretrained", "dim", "dtype", "created_at"]
-        return dict(zip(keys, row)) if row else None
-
-    def hashes_with_vectors(self, model_key: str) -> set[str]:
-        rows = self.conn.execute("SELECT content_hash FROM vectors WHERE model_key=?", (model_key,))
-        return {r[0] for r in rows}
-
-    def put_vectors(self, model_key: str, hashes: Sequence[str], vectors: np.ndarray, dtype: str) -> None:
-        data = np.ascontiguousarray(vectors, dtype=np.dtype(dtype))
-        self.conn.executemany(
-            "INSERT OR REPLACE INTO vectors VALUES(?,?,?)",
-            [(model_key, h, data[i].tobytes()) for i, h in enumerate(hashes)],
-        )
-
-    def load_vectors(self, model_key: str) -> tuple[np.ndarray, np.ndarray]:
-        """(item ids, float32 matrix) for every live item that has a vector under `model_key`."""
-        ids, _, mat = self.load_vectors_with_hashes(model_key)
-        return ids, mat
-
-    def load_vectors_with_hashes(self, model_key: str) -> tuple[np.ndarray, list[str], np.ndarray]:
-        """(item ids, content hashes, float32 matrix) of live items with a vector, by item id."""
-        meta = self.model(model_key)
-        if meta is None:
-            return np.zeros(0, dtype=np.int64), [], np.zeros((0, 0), dtype=np.float32)
-        rows = self.conn.execute(
-            "SELECT i.id, i.content_hash, v.vector FROM items i JOIN vectors v ON v.content_hash=i.content_hash "
-            "AND v.model_key=? WHERE i.status='ok' ORDER BY i.id",
-            (model_key,),
-        ).fetchall()
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        buf = b"".join(r[2] for r in rows)
-        mat = np.frombuffer(buf, dtype=np.dtype(meta["dtype"])).reshape(len(rows), meta["dim"])
-        return ids, [r[1] for r in rows], mat.astype(np.float32)
-
-    def load_vectors_for_ids(self, model_key: str, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(item ids, float32 matrix) of the given live items that have a vector, in the given order."""
-        meta = self.model(model_key)
-        if meta is None or not len(ids):
-            return np.zeros(0, dtype=np.int64), np.zeros((0, meta["dim"] if meta else 0), dtype=np.float32)
-        rows = []
-        for start in range(0, len(ids), 900):
-            chunk = [int(i) for i in ids[start:start + 900]]
-            marks = ",".join("?" * len(chunk))
-            rows += self.conn.execute(
-                f"SELECT i.id, v.vector FROM items i JOIN vectors v ON v.content_hash=i.content_hash AND "
-                f"v.model_key=? WHERE i.status='ok' AND i.id IN ({marks})", (model_key, *chunk)).fetchall()
-        order = {i: n for n, i in enumerate(ids)}
-        rows.sort(key=lambda r: order[r[0]])
-        found = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        mat = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.dtype(meta["dtype"]))
-        return found, mat.reshape(len(rows), meta["dim"]).astype(np.float32)
-
-    def vector_for_item(self, model_key: str, item: Item) -> np.ndarray:
-        meta = self.model(model_key)
-        row = self.conn.execute(
-            "SELECT vector FROM vectors WHERE model_key=? AND content_hash=?", (model_key, item.content_hash)
-        ).fetchone()
-        if meta is None or row is None:
-            raise NotReady(f"Item {item.path!r} has no embedding for model {model_key!r}.",
-                           "Embed the dataset first.", dataset=self.paths.name, step="embed")
-        return np.frombuffer(row[0], dtype=np.dtype(meta["dtype"])).astype(np.float32)
-
     # -- downloads
     def download_record(self, url: str) -> dict | None:
         row = self.conn.execute(
@@ -356,6 +272,12 @@ class Catalog:
             "attempts=downloads.attempts+1, updated_at=excluded.updated_at",
             (url, status, reason, item_path, content_hash, now_iso()),
         )
+
+    def downloaded_item_id(self, url: str) -> int | None:
+        """Id of the item a finished download of `url` was stored as (or found a duplicate of)."""
+        row = self.conn.execute("SELECT i.id FROM downloads d JOIN items i ON i.path=d.item_path "
+                                "WHERE d.url=? AND d.status='ok'", (url,)).fetchone()
+        return row[0] if row else None
 
     def download_counts(self) -> dict[str, int]:
         return dict(self.conn.execute("SELECT status, COUNT(*) FROM downloads GROUP BY status").fetchall())
@@ -376,11 +298,25 @@ def meta_rows(meta: dict, prefix: str = "") -> list[tuple[str, str | None, float
         for element in value if isinstance(value, list) else [value]:
             if isinstance(element, bool):
                 rows.append((name, "true" if element else "false", None))
-            elif isinstance(element, (int, float)) and math.isfinite(element):
-                rows.append((name, repr(element) if isinstance(element, float) else str(element), float(element)))
+            elif isinstance(element, (int, float)):
+                number = _finite(element)
+                rows.append((name, _storable(repr(element) if isinstance(element, float) else str(element)), number))
             elif isinstance(element, str):
-                rows.append((name, element, None))
+                rows.append((name, _storable(element), None))
     return rows
+
+
+def _finite(value: int | float) -> float | None:
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _storable(text: str) -> str:
+    """Text SQLite can store: lone surrogates (from odd JSON) become '?'."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 class _Transaction:

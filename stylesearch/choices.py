@@ -5,10 +5,10 @@ schemas), without importing numpy or the modules that do the work, so `--help` a
 completion stay fast.
 """
 
-INDEX_KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+INDEX_KINDS = ("auto", "flat", "hnsw", "ivf", "ivfsq", "ivfpq")
 THUMB_FORMATS = {"jpeg": ".jpg", "webp": ".webp", "png": ".png"}  # thumbnail format -> file extension
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-EMBED_BACKENDS = ("torch",)
+EMBED_BACKENDS = ("auto", "torch", "onnx", "onnx-int8")  # auto: onnx on the CPU, torch on a GPU
 LABEL_STRATEGIES = ("random", "uncertain")
 COORD_FORMATS = ("csv", "json", "parquet")
 ATLAS_ORDERS = ("path", "umap")

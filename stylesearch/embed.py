@@ -1,12 +1,14 @@
 """Incremental image embedding: scan, find content without vectors, encode, commit per batch.
 
 How vectors are computed is the Encoder's business (encoders/); this module decides what
-needs embedding and stores the results.
+needs embedding, stores the results and reports the rate. When a run loaded the torch model
+anyway, it also exports the text tower to ONNX once (onnx_export), for torch-free text search.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -28,16 +30,25 @@ class EmbedResult:
     already_embedded: int = 0
     failed: int = 0
     device: str | None = None
+    seconds: float = 0.0  # decoding + encoding + storing, model loading and exports excluded
+    backend: dict = field(default_factory=dict)  # the encoder's report: backend name, int8 agreement
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        done = self.embedded + self.failed
+        return round(done / self.seconds, 2) if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict:
         return {"model": self.model_key, **self.scanned, "embedded": self.embedded,
-                "already_embedded": self.already_embedded, "failed": self.failed, "device": self.device}
+                "already_embedded": self.already_embedded, "failed": self.failed, "device": self.device,
+                "seconds": round(self.seconds, 2), "images_per_second": self.images_per_second, **self.backend}
 
 
 @dataclass(frozen=True)
 class EmbedOptions(EncoderOptions):
     storage_dtype: str = "float32"  # or float16
+    export_onnx: bool = True  # export the text tower once when the run loads the torch model
 
 
 def _pending(catalog: Catalog, model_key: str) -> tuple[list[str], list[Path], int]:
@@ -74,11 +85,26 @@ def embed_dataset(paths: DatasetPaths, spec: ModelSpec, files: Sequence[Path] | 
         result = EmbedResult(spec.key, scanned.as_dict(), already_embedded=already, warnings=scanned.warnings)
         if not todo:
             return result
-        encoder = encoder or make_encoder(spec, options, model)
+        encoder = encoder or make_encoder(spec, options, model, paths, len(todo))
         result.device = encoder.device
         dtype = _storage_dtype(catalog, encoder, spec, options.storage_dtype)
+        start = time.perf_counter()
         _commit_batches(catalog, encoder, hashes, todo, dtype, or_null(progress), result)
+        result.seconds = time.perf_counter() - start
+        result.backend = encoder.report() if hasattr(encoder, "report") else {}
+        _export_text_tower(paths, spec, encoder, options, result)
     return result
+
+
+def _export_text_tower(paths: DatasetPaths, spec: ModelSpec, encoder: Encoder, options: EmbedOptions,
+                       result: EmbedResult) -> None:
+    model = getattr(encoder, "torch_model", None)
+    if options.export_onnx and model is not None:
+        from .onnx_export import export_text_after_embedding
+
+        warning = export_text_after_embedding(paths, spec, model)
+        if warning:
+            result.warnings.append(warning)
 
 
 def _storage_dtype(catalog: Catalog, encoder: Encoder, spec: ModelSpec, wanted: str) -> str:
@@ -91,7 +117,7 @@ def _storage_dtype(catalog: Catalog, encoder: Encoder, spec: ModelSpec, wanted: 
 
 def _commit_batches(catalog: Catalog, encoder: Encoder, hashes: list[str], files: list[Path], dtype: str,
                     progress: Progress, result: EmbedResult) -> None:
-    progress.start("embedding", len(files))
+    progress.start("embedding images", len(files))
     try:
         for batch in encoder.encode(files):
             with catalog.transaction():

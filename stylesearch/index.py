@@ -13,37 +13,21 @@ sees a half-written index, and readers holding the old files keep working.
 
 from __future__ import annotations
 
-import contextlib
-import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from .catalog import open_catalog
 from .choices import INDEX_KINDS
-from .errors import NotReady, UserError
+from .errors import NotReady
 from .metric import Metric, load_metric
-from .progress import Progress, or_null
-from .storage import DatasetPaths, atomic_path, atomic_write_json, now_iso, read_json, remove_stale_temp_files, writer_lock
+from .storage import DatasetPaths, read_json
 
 KINDS = INDEX_KINDS
-HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 100, 256
+IVF_KINDS = ("ivf", "ivfsq", "ivfpq")
+HNSW_EF_SEARCH = 256
 IVF_NPROBE = 16
 RAW_SPACE = "raw"
-
-
-def choose_kind(count: int) -> str:
-    """Like autofaiss: exact search while it is cheap, graph for medium, inverted lists for large."""
-    if count < 200_000:  # exact search stays under ~40 ms/query on 2 cores at 512 dims
-        return "flat"
-    if count < 2_000_000:
-        return "hnsw"
-    return "ivf" if count < 10_000_000 else "ivfpq"
-
-
-def _hash_keys(hashes) -> np.ndarray:
-    return np.array([h[:16] for h in hashes], dtype="S16")
 
 
 def metric_space(metric: Metric) -> str:
@@ -51,38 +35,19 @@ def metric_space(metric: Metric) -> str:
     return f"{metric.kind}:{metric.version}" if metric.learned else RAW_SPACE
 
 
-def new_index(kind: str, dim: int, train: np.ndarray, l2: bool = False):
-    """An empty FAISS index of a kind: inner product on unit vectors, or L2 in a metric's space."""
-    import faiss
-
-    metric = faiss.METRIC_L2 if l2 else faiss.METRIC_INNER_PRODUCT
-    if kind == "flat":
-        base = faiss.IndexFlatL2(dim) if l2 else faiss.IndexFlatIP(dim)
-    elif kind == "hnsw":
-        base = faiss.IndexHNSWFlat(dim, HNSW_M, metric)
-        base.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-    else:
-        nlist = int(min(max(1, 4 * math.sqrt(len(train))), max(1, len(train) // 39)))
-        quantizer = faiss.IndexFlatL2(dim) if l2 else faiss.IndexFlatIP(dim)
-        if kind == "ivf":
-            base = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
-        else:
-            m = next(m for m in (64, 32, 16, 8, 4, 2, 1) if dim % m == 0)
-            base = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, metric)
-        sample = train[np.random.default_rng(0).permutation(len(train))[: 256 * nlist]]
-        base.train(np.ascontiguousarray(sample))
-    return faiss.IndexIDMap2(base)
-
-
-def tune(index, kind: str, effort: int | None = None) -> None:
+def tune(index, meta: dict, effort: int | None = None) -> None:
     """Search effort: HNSW efSearch or IVF nprobe (higher = better recall, slower)."""
     import faiss
 
-    base = faiss.downcast_index(index.index)
+    kind = meta["kind"]
     if kind == "hnsw":
-        base.hnsw.efSearch = max(1, effort or HNSW_EF_SEARCH)
-    elif kind in ("ivf", "ivfpq"):
-        base.nprobe = max(1, min(effort or IVF_NPROBE, base.nlist))
+        faiss.downcast_index(index.index).hnsw.efSearch = max(1, effort or HNSW_EF_SEARCH)
+    elif kind in IVF_KINDS:
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = max(1, min(effort or meta.get("nprobe") or IVF_NPROBE, ivf.nlist))
+        quantizer = faiss.downcast_index(ivf.quantizer)
+        if hasattr(quantizer, "hnsw"):  # IVF-HNSW: the coarse search must see at least nprobe lists
+            quantizer.hnsw.efSearch = max(64, 2 * ivf.nprobe)
 
 
 @dataclass
@@ -90,6 +55,7 @@ class LoadedIndex:
     index: object
     meta: dict
     _order: tuple | None = None  # (positions sorted by id, sorted ids), computed on first use
+    _direct_map: bool = False
 
     @property
     def space(self) -> str:
@@ -107,6 +73,11 @@ class LoadedIndex:
             return np.zeros((0, self.index.d), dtype=np.float32)
         if self.is_flat:  # one vectorised gather instead of a call per id
             return self._flat_rows()[self._positions(np.asarray(ids, dtype=np.int64))]
+        if self.meta.get("kind") in IVF_KINDS and not self._direct_map:
+            import faiss
+
+            faiss.extract_index_ivf(self.index).make_direct_map()  # only when vectors are asked for
+            self._direct_map = True
         return np.stack([self.index.reconstruct(int(i)) for i in ids])
 
     @property
@@ -142,7 +113,18 @@ class LoadedIndex:
         return faiss.rev_swig_ptr(base.get_xb(), base.ntotal * base.d).reshape(base.ntotal, base.d)
 
 
-def load_index(paths: DatasetPaths, model_key: str, effort: int | None = None) -> LoadedIndex | None:
+def _read_flags(kind: str) -> int:
+    """Memory-map what FAISS can map (inverted lists, flat codes): a cold query reads only the pages
+    it touches, not the whole index."""
+    import faiss
+
+    if kind in IVF_KINDS:
+        return faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
+    return faiss.IO_FLAG_MMAP_IFC if kind == "flat" else 0
+
+
+def load_index(paths: DatasetPaths, model_key: str, effort: int | None = None,
+               writable: bool = False) -> LoadedIndex | None:
     """The current index of a model, or None if none was built. Retries once if swapped mid-read."""
     import faiss
 
@@ -151,144 +133,51 @@ def load_index(paths: DatasetPaths, model_key: str, effort: int | None = None) -
         if meta is None:
             return None
         try:
-            index = faiss.read_index(str(paths.index_dir(model_key) / meta["file"]))
+            index = faiss.read_index(str(paths.index_dir(model_key) / meta["file"]), 0 if writable else _read_flags(meta["kind"]))
         except RuntimeError:
             continue
-        if meta["kind"] in ("ivf", "ivfpq"):
-            faiss.extract_index_ivf(index.index).make_direct_map()
-        tune(index, meta["kind"], effort)
+        tune(index, meta, effort)
         return LoadedIndex(index, meta)
     raise NotReady(f"Index of {model_key} could not be read.", "Build the index again.", dataset=paths.name,
                    step="index")
 
 
-def build_index(paths: DatasetPaths, model_key: str, kind: str = "auto", full: bool = False,
-                progress: Progress | None = None, lock: bool = True, raw: bool = False) -> dict:
-    """Build or update the index of one model; returns the sidecar metadata.
-
-    The index lives in the learned metric's space when one is trained (unless `raw`).
-    New vectors are added to the existing index when its kind and space allow; changed or
-    deleted items are removed where the kind supports removal, else the index is rebuilt.
-    """
-    if kind not in KINDS:
-        raise UserError(f"Unknown index kind {kind!r}.", f"Choose one of: {', '.join(KINDS)}.")
-    guard = writer_lock(paths) if lock else contextlib.nullcontext()
-    with guard:
-        with open_catalog(paths, readonly=True) as catalog:
-            model = catalog.model(model_key)
-            ids, hashes, vectors = catalog.load_vectors_with_hashes(model_key)
-        if model is None or not len(ids):
-            raise NotReady(f"No embeddings for model {model_key} in {paths.name!r}.",
-                           "Embed the dataset first.", dataset=paths.name, step="embed")
-        metric = load_metric(paths, model_key, raw=raw, dim=int(model["dim"]))
-        target = Target(choose_kind(len(ids)) if kind == "auto" else kind, metric_space(metric))
-        if metric.learned:
-            vectors = np.ascontiguousarray(metric.to_euclidean(vectors), dtype=np.float32)
-        return _write(paths, model, ids, _hash_keys(hashes), vectors, target, full, or_null(progress))
-
-
-@dataclass(frozen=True)
-class Target:
-    """What to build: the index kind and the space it lives in."""
-
-    kind: str
-    space: str
-
-    @property
-    def l2(self) -> bool:
-        return self.space != RAW_SPACE
-
-
-def _incremental_plan(paths: DatasetPaths, model_key: str, target: Target, ids, keys):
-    """(existing index, mask of rows to add, ids to remove or None, old members), or None for a full build."""
-    old = load_index(paths, model_key)
-    kind = target.kind
-    if old is None or old.meta["kind"] != kind or old.space != target.space:
-        return None
-    members = np.load(paths.index_dir(model_key) / old.meta["members"])
-    old_pairs = set(zip(members["ids"].tolist(), members["keys"].tolist()))
-    new_pairs = set(zip(ids.tolist(), keys.tolist()))
-    stale = old_pairs - new_pairs
-    to_add = np.array([(i, k) not in old_pairs for i, k in zip(ids.tolist(), keys.tolist())], dtype=bool)
-    changed = {i for i, _ in stale} & {int(i) for i in ids[to_add]}
-    if len(stale) > 0.2 * max(1, len(old_pairs)) or (kind == "hnsw" and changed):
-        return None
-    removable = kind != "hnsw"
-    return old, to_add, np.array(sorted(i for i, _ in stale), dtype=np.int64) if removable else None, members
-
-
-def _write(paths, model, ids, keys, vectors, target: Target, full, progress) -> dict:
-    key = model["model_key"]
-    plan = None if full else _incremental_plan(paths, key, target, ids, keys)
-    progress.start(f"indexing ({target.kind})", len(ids))
-    if plan is None:
-        index = new_index(target.kind, vectors.shape[1], vectors, target.l2)
-        _add(index, ids, vectors, progress)
-        member_ids, member_keys, mode = ids, keys, "full"
-    else:
-        old, to_add, remove, members = plan
-        index = old.index
-        if remove is not None and len(remove):
-            index.remove_ids(remove)
-        _add(index, ids[to_add], vectors[to_add], progress)
-        keep = ~np.isin(members["ids"], remove) if remove is not None else np.ones(len(members["ids"]), bool)
-        member_ids = np.concatenate([members["ids"][keep], ids[to_add]])
-        member_keys = np.concatenate([members["keys"][keep], keys[to_add]])
-        mode = f"incremental (+{int(to_add.sum())})"
-    progress.finish()
-    return _save(paths, model, index, member_ids, member_keys, target, mode)
-
-
-def _add(index, ids, vectors, progress, chunk: int = 20_000) -> None:
-    for start in range(0, len(ids), chunk):
-        index.add_with_ids(np.ascontiguousarray(vectors[start:start + chunk]), ids[start:start + chunk])
-        progress.advance(len(ids[start:start + chunk]))
-
-
-def _save(paths, model, index, member_ids, member_keys, target: Target, mode) -> dict:
-    import faiss
-
-    folder = paths.index_dir(model["model_key"])
-    stamp = now_iso().replace(":", "").replace("-", "").split("+")[0] + f"-{time.monotonic_ns() % 10**6:06d}"
-    index_name, members_name = paths.index_version_names(stamp)
-    with atomic_path(folder / index_name) as tmp:
-        faiss.write_index(index, str(tmp))
-    with atomic_path(folder / members_name, suffix=".npz") as tmp:
-        np.savez(tmp, ids=member_ids, keys=member_keys)
-    meta = {
-        "model_key": model["model_key"], "model": model["model_name"], "pretrained": model["pretrained"],
-        "dim": int(model["dim"]), "kind": target.kind, "space": target.space, "count": int(index.ntotal),
-        "mode": mode,
-        "built_at": now_iso(), "file": index_name, "members": members_name,
-    }
-    atomic_write_json(paths.index_sidecar(model["model_key"]), meta)
-    _remove_unnamed_versions(paths, folder, {index_name, members_name})
-    return meta
-
-
-def _remove_unnamed_versions(paths: DatasetPaths, folder, keep: set[str]) -> None:
-    """Delete index versions the sidecar no longer names (older builds, or ones a crash left behind)
-    and temp files of interrupted writes. Readers holding an old file open keep reading it."""
-    for file in folder.iterdir():
-        if paths.is_index_version_name(file.name) and file.name not in keep:
-            file.unlink(missing_ok=True)
-    remove_stale_temp_files(folder)
-
-
 def check_recall(paths: DatasetPaths, model_key: str, sample: int = 200, k: int = 10, seed: int = 0) -> float:
-    """recall@k of the stored index against exact search in the index's space, on sampled queries."""
+    """recall@k of the stored index against exact search in the index's space, on sampled queries.
+
+    The exact neighbours are found by streaming the catalog's vectors in chunks (memory stays bounded)."""
     loaded = load_index(paths, model_key)
     if loaded is None:
         raise NotReady(f"No index for {model_key}.", "Build the index first.", dataset=paths.name, step="index")
     with open_catalog(paths, readonly=True) as catalog:
-        ids, vectors = catalog.load_vectors(model_key)
-    if loaded.space != RAW_SPACE:
-        metric = load_metric(paths, model_key, dim=vectors.shape[1])
+        model = catalog.model(model_key)
+        metric = load_metric(paths, model_key, raw=loaded.space == RAW_SPACE, dim=int(model["dim"]))
         if metric_space(metric) != loaded.space:
             raise NotReady("The index was built for another version of the learned metric.",
                            "Build the index again.", dataset=paths.name, step="index")
-        vectors = np.ascontiguousarray(metric.to_euclidean(vectors), dtype=np.float32)
-    return recall_at_k(loaded, ids, vectors, sample, k, seed)
+        queries = _space(metric, catalog.sample_vectors(model_key, sample, seed))
+        best_ids = np.full((len(queries), k), -1, dtype=np.int64)
+        best = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        for ids, vectors in catalog.iter_vectors(model_key):
+            scores = _exact_scores(queries, _space(metric, vectors), loaded.space)
+            merged = np.concatenate([best, scores], axis=1)
+            merged_ids = np.concatenate([best_ids, np.broadcast_to(ids, scores.shape)], axis=1)
+            top = np.argsort(-merged, axis=1)[:, :k]
+            best, best_ids = np.take_along_axis(merged, top, 1), np.take_along_axis(merged_ids, top, 1)
+    _, found = loaded.search(queries, k)
+    return sum(len(set(e) & set(f)) for e, f in zip(best_ids.tolist(), found.tolist())) / float(best_ids.size)
+
+
+def _space(metric: Metric, vectors: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(metric.to_euclidean(vectors) if metric.learned else vectors, dtype=np.float32)
+
+
+def _exact_scores(queries: np.ndarray, vectors: np.ndarray, space: str) -> np.ndarray:
+    """Higher is nearer: inner product in the raw space, 2 q.v - |v|^2 (L2 order) in a metric's space."""
+    scores = queries @ vectors.T
+    if space != RAW_SPACE:
+        scores = 2 * scores - np.einsum("ij,ij->i", vectors, vectors)[None, :]
+    return scores
 
 
 def recall_at_k(loaded: LoadedIndex, ids: np.ndarray, vectors: np.ndarray, sample: int = 200, k: int = 10,
@@ -297,10 +186,7 @@ def recall_at_k(loaded: LoadedIndex, ids: np.ndarray, vectors: np.ndarray, sampl
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(ids), size=min(sample, len(ids)), replace=False)
     queries = vectors[pick]
-    scores = queries @ vectors.T
-    if loaded.space != RAW_SPACE:  # nearest by L2: largest 2 q.v - |v|^2
-        scores = 2 * scores - np.einsum("ij,ij->i", vectors, vectors)[None, :]
-    exact = ids[np.argsort(-scores, axis=1)[:, :k]]
+    exact = ids[np.argsort(-_exact_scores(queries, vectors, loaded.space), axis=1)[:, :k]]
     _, found = loaded.search(queries, k)
     hits = sum(len(set(e) & set(f)) for e, f in zip(exact.tolist(), found.tolist()))
     return hits / float(exact.size)

@@ -36,7 +36,7 @@ def typed_value(text: str):
     if value[0] in "[{":
         try:
             return json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError, ValueError):
             pass
     return value
 
@@ -67,7 +67,7 @@ def read_metadata_rows(path: str | Path, text: str | None = None) -> tuple[list[
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError, ValueError):
                 record = None
             if isinstance(record, dict):
                 rows.append(record)
@@ -75,8 +75,12 @@ def read_metadata_rows(path: str | Path, text: str | None = None) -> tuple[list[
                 bad += 1
         return rows, bad
     delimiter = "\t" if path.suffix.lower() == ".tsv" or "\t" in text.split("\n", 1)[0] else ","
-    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
-    rows = [{k.strip(): typed_value(v or "") for k, v in row.items() if k} for row in reader]
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        rows = [{k.strip(): typed_value(v if isinstance(v, str) else "") for k, v in row.items() if k}
+                for row in reader]
+    except csv.Error as exc:
+        raise UserError(f"Cannot read {path.name} as CSV near line {reader.line_num}: {exc}.") from None
     return rows, 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .atlas import AtlasOptions, build_atlas
 from .dataset import create_dataset
 from .embed import EmbedOptions, embed_dataset
-from .index import build_index
+from .index_build import build_index
 from .models import DEFAULT_MODEL, DEFAULT_PRETRAINED, RANDOM, ModelSpec, weights_cached
 from .progress import Progress
 from .projection import UmapOptions, project_dataset, render_map

@@ -63,7 +63,7 @@ def parse_terms(args: list[str], images: list[str] = (), likes: list[str] = ()) 
 
 def _image_bytes(ref: str) -> bytes:
     if re.match(r"^https?://", ref):
-        from .download import fetch_bytes
+        from .fetch import fetch_bytes
 
         return fetch_bytes(ref)
     path = Path(ref).expanduser()

@@ -34,10 +34,15 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
-def _basic_clean(text: str) -> str:
-    import ftfy
+_PLAIN = frozenset(string.printable) - set("&\x0b\x0c")  # text ftfy returns unchanged (tested)
 
-    return html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+
+def _basic_clean(text: str) -> str:
+    if not set(text) <= _PLAIN:  # importing ftfy costs more than the rest of a query's tokenising
+        import ftfy
+
+        text = ftfy.fix_text(text)
+    return html.unescape(html.unescape(text)).strip()
 
 
 def _canonicalize(text: str) -> str:
@@ -55,26 +60,28 @@ def clean(text: str, how: str) -> str:
 
 
 def write_merges(path: Path, merges: list[tuple[str, str]]) -> None:
-    """Save BPE merges (in rank order) as gzipped text, one 'a b' pair a line."""
+    """Save BPE merges (pairs in rank order) as gzipped text, one 'a b' pair a line."""
     body = "\n".join([VOCAB_HEADER] + [f"{a} {b}" for a, b in merges]) + "\n"
     path.write_bytes(gzip.compress(body.encode("utf-8"), mtime=0))
 
 
-def read_merges(path: Path) -> list[tuple[str, str]]:
+def read_merges(path: Path) -> list[str]:
+    """The merges of a file written by write_merges, as 'a b' strings in rank order."""
     lines = gzip.decompress(Path(path).read_bytes()).decode("utf-8").split("\n")[1:]
-    return [tuple(line.split()) for line in lines if line]
+    return [line for line in lines if line]
 
 
 class ClipTokenizer:
     """Token ids of prompts, padded/truncated to the context length as open_clip does."""
 
-    def __init__(self, merges: list[tuple[str, str]], context_length: int = 77, cleaning: str = "lower",
+    def __init__(self, merges: list[str], context_length: int = 77, cleaning: str = "lower",
                  special_tokens: list[str] = SPECIAL_TOKENS):
+        """`merges`: 'a b' strings in rank order (string keys load several times faster than tuples)."""
         import regex
 
         byte_chars = list(bytes_to_unicode().values())
-        vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges] + list(special_tokens)
-        self.encoder = {tok: i for i, tok in enumerate(vocab)}
+        vocab = byte_chars + [c + "</w>" for c in byte_chars] + [m.replace(" ", "") for m in merges]
+        self.encoder = {tok: i for i, tok in enumerate(vocab + list(special_tokens))}
         self.ranks = {m: i for i, m in enumerate(merges)}
         self.cache = {t: t for t in special_tokens}
         self.sot, self.eot = self.encoder[special_tokens[0]], self.encoder[special_tokens[1]]
@@ -94,11 +101,11 @@ class ClipTokenizer:
             return self.cache[token].split(" ")
         word = list(token[:-1]) + [token[-1] + "</w>"]
         while len(word) > 1:
-            pairs = {(a, b) for a, b in zip(word, word[1:])}
+            pairs = {f"{a} {b}" for a, b in zip(word, word[1:])}
             best = min(pairs, key=lambda p: self.ranks.get(p, float("inf")))
             if best not in self.ranks:
                 break
-            word = _merge(word, best)
+            word = _merge(word, tuple(best.split(" ")))
         self.cache[token] = " ".join(word)
         return word
 

@@ -126,7 +126,7 @@ def make_dataset(root: Path, name: str = "ds", count: int = 36):
 def embedded(tmp_path_factory, tiny_spec, tiny_model):
     """A dataset of 36 generated images embedded with the tiny model and indexed (read-only for tests)."""
     from stylesearch.embed import EmbedOptions, embed_dataset
-    from stylesearch.index import build_index
+    from stylesearch.index_build import build_index
 
     root = tmp_path_factory.mktemp("embedded")
     paths = make_dataset(root, "shared", 36)

@@ -11,7 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from stylesearch.catalog import open_catalog
-from stylesearch.download import DownloadOptions, FetchError, download, fetch_bytes, fetch_once
+from stylesearch.download import DownloadOptions, download
+from stylesearch.fetch import FetchError, fetch_bytes, fetch_once
 from stylesearch.errors import UserError
 from stylesearch.sources import Entry, guess_format, parse_entries, read_source, sample_entries
 from stylesearch.samples import render

@@ -14,7 +14,8 @@ import pytest
 from stylesearch.catalog import open_catalog
 from stylesearch.embed import EmbedOptions, embed_dataset
 from stylesearch.errors import ItemNotFound, UserError
-from stylesearch.index import build_index, check_recall, load_index
+from stylesearch.index import check_recall, load_index
+from stylesearch.index_build import build_index
 from stylesearch.search import Searcher, Term, parse_terms, search
 
 from .conftest import TINY, make_dataset, unit_rows

@@ -21,7 +21,7 @@ import pytest
 from stylesearch.catalog import open_catalog
 from stylesearch.dataset import create_dataset, list_datasets
 from stylesearch.errors import UserError
-from stylesearch.index import build_index
+from stylesearch.index_build import build_index
 from stylesearch.judgments import parse_log_lines
 from stylesearch.metric import DiagonalMetric, save_metric
 from stylesearch.samples import write_samples

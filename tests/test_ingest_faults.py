@@ -3,6 +3,7 @@ killed with SIGKILL at random moments, then rerun to completion."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -104,13 +105,13 @@ from stylesearch.sources import Entry
 from stylesearch.storage import DatasetPaths
 cfg = json.loads(sys.argv[1])
 print("ready", flush=True)
-download(DatasetPaths(Path(cfg["home"])), [Entry(*e) for e in cfg["entries"]],
+download(DatasetPaths(Path(cfg["home"])), [Entry(**e) for e in cfg["entries"]],
          DownloadOptions(workers=4, retries=0, timeout=5.0))
 """
 
 
 def _kill_at_random_moments(paths, entries, rounds: int, rng: random.Random) -> list[int]:
-    cfg = json.dumps({"home": str(paths.home), "entries": [[e.url, e.id] for e in entries]})
+    cfg = json.dumps({"home": str(paths.home), "entries": [dataclasses.asdict(e) for e in entries]})
     codes = []
     for _ in range(rounds):
         child = subprocess.Popen([sys.executable, "-c", CHILD, cfg], stdout=subprocess.PIPE,
@@ -128,10 +129,12 @@ def _kill_at_random_moments(paths, entries, rounds: int, rng: random.Random) -> 
 def test_download_killed_at_random_moments_then_rerun_leaves_one_item_per_content(tmp_path, server):
     server.delay = 0.01
     paths = dataset_paths("killed", tmp_path)
-    entries = [Entry(f"{server.url}/img/{n}.jpg", f"pic{n}") for n in range(16)]
-    entries += [Entry(f"{server.url}/img/{n}.jpg?copy", f"copy{n}") for n in range(4)]  # same content, other id
-    entries += [Entry(f"{server.url}/img/{n}.jpg", "same") for n in (16, 17)]  # same id, other content
-    contents = {_sha(server.images[n]) for n in range(18)}
+    entries = [Entry(f"{server.url}/img/{n}.jpg", f"pic{n}", None, {"n": n}, f"g{n // 2}", n % 2 + 1)
+               for n in range(16)]
+    entries += [Entry(f"{server.url}/img/{n}.jpg?copy", f"copy{n}", None, {"copied": True})
+                for n in range(4)]  # same content, other id
+    entries += [Entry(f"{server.url}/img/{n}.jpg", "same", None, {"n": n}) for n in (16, 17)]  # same id, other content
+    contents = {_sha(server.images[n]): n for n in range(18)}
     codes = _kill_at_random_moments(paths, entries, rounds=5, rng=random.Random(7))
     assert -signal.SIGKILL in codes  # at least one run really was killed mid-way
 
@@ -147,4 +150,11 @@ def test_download_killed_at_random_moments_then_rerun_leaves_one_item_per_conten
     assert all(_sha((paths.images / p).read_bytes()) == h for p, h in items.items())
     with open_catalog(paths) as cat:
         rescan = scan(cat)  # what a later embed would find: nothing new, so no duplicate items
+        live = cat.items()
+        meta = cat.metadata(item.id for item in live)
     assert (rescan.new, rescan.changed, rescan.deleted, rescan.unchanged) == (0, 0, 0, 18)
+    for item in live:  # every item has its rows' metadata, whichever run stored it
+        n = contents[item.content_hash]
+        grouped = {"position": n % 2 + 1} if n < 16 else {}
+        assert meta[item.id] == {"n": n, **grouped, **({"copied": True} if n < 4 else {})}, item
+        assert item.group_id == (f"g{n // 2}" if n < 16 else None)

@@ -25,7 +25,7 @@ from .conftest import TINY, unit_rows
 
 BUILD = """
 import sys
-from stylesearch.index import build_index
+from stylesearch.index_build import build_index
 from stylesearch.storage import dataset_paths
 build_index(dataset_paths(sys.argv[2], sys.argv[1]), "m", sys.argv[3], full=True)
 """

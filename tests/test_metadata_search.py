@@ -10,7 +10,7 @@ import pytest
 from stylesearch.catalog import open_catalog
 from stylesearch.errors import UserError
 from stylesearch.filters import parse_clause, parse_filters
-from stylesearch.index import build_index
+from stylesearch.index_build import build_index
 from stylesearch.search import Term, search, search_datasets
 from stylesearch.storage import dataset_paths
 from stylesearch.tags import parse_attribute, tag_dataset, zero_shot

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from stylesearch.catalog import open_catalog
-from stylesearch.index import RAW_SPACE, build_index, check_recall, load_index
+from stylesearch.index import RAW_SPACE, check_recall, load_index
+from stylesearch.index_build import build_index
 from stylesearch.metric import DiagonalMetric, LowRankMetric, save_metric
 from stylesearch.search import Searcher, Term
 from stylesearch.storage import dataset_paths

@@ -13,9 +13,10 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from stylesearch.download import valid_url  # noqa: E402
+from stylesearch.fetch import valid_url  # noqa: E402
 from stylesearch.errors import StyleSearchError  # noqa: E402
-from stylesearch.sources import Entry, guess_format, parse_entries, read_source  # noqa: E402
+from stylesearch.sources import (  # noqa: E402
+    CAPTION_KEYS, ID_KEYS, LIST_KEYS, URL_KEYS, Entry, guess_format, parse_entries, read_source)
 
 FORMATS = ("txt", "csv", "tsv", "jsonl")
 SETTINGS = settings(max_examples=100, deadline=None, database=None)
@@ -149,3 +150,66 @@ def test_jsonl_urls_come_out(records, noise):
     assert _is_subsequence([u for u, _ in records], [e.url for e in entries])
     guessed = _parse_safely(read_source, "-", None, io.StringIO(body))
     assert _is_subsequence([u for u, _ in records], [e.url for e in guessed])
+
+
+# -- rows with arbitrary extra columns: metadata, and every URL of an images array as an entry
+
+ROLE_NAMES = {*URL_KEYS, *LIST_KEYS, *ID_KEYS, *CAPTION_KEYS}
+column_names = (st.text(max_size=8) | special).filter(lambda n: n.strip().lower() not in ROLE_NAMES)
+cell_texts = cells | special | st.integers().map(str) | st.floats().map(str) | json_values.map(json.dumps) | \
+    st.sampled_from(["1e999", "[" * 3000, "[" + "9" * 5000 + "]", "true", "007", '{"a": [1, {"b": null}]}'])
+odd_values = json_values | st.sampled_from([10**400, -(10**1000), 2**63, float("inf"), "\ud800", "a\udfffb"]) | \
+    st.integers(17, 60).map(lambda d: json.loads("[" * d + "1" + "]" * d))  # nested too deeply
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    from stylesearch.catalog import open_catalog
+    from stylesearch.storage import dataset_paths
+
+    with open_catalog(dataset_paths("meta", tmp_path_factory.mktemp("catalog")), create=True) as cat:
+        cat.upsert_item("x.jpg", status="ok")
+        yield cat
+
+
+def _check_rows(entries, url_lists, names, catalog):
+    """One entry per distinct URL of each row's array, in order; the row's entries share its metadata
+    (keys from its extra columns) and group, with positions 1..n; the metadata can be stored as it is."""
+    assert entries is not None
+    assert [e.url for e in entries] == [u for urls in url_lists for u in dict.fromkeys(urls)]
+    item_id = catalog.item("x.jpg").id
+    rows = iter(entries)
+    for urls in url_lists:
+        row = [next(rows) for _ in dict.fromkeys(urls)]
+        assert [e.position for e in row] == list(range(1, len(row) + 1))
+        assert len({e.group for e in row}) == 1 and isinstance(row[0].group, str) and row[0].group
+        assert all(e.meta == row[0].meta for e in row) and set(row[0].meta) <= names
+        with catalog.transaction():
+            catalog.set_metadata(item_id, row[0].meta, replace=True)
+        assert catalog.metadata([item_id]).get(item_id, {}) == row[0].meta
+
+
+@SETTINGS
+@given(st.lists(column_names, max_size=5, unique_by=lambda n: n.strip().lower()), st.integers(0, 5),
+       st.sampled_from([",", "\t"]), st.data())
+def test_table_rows_with_any_extra_columns(catalog, names, where, delimiter, data):
+    rows = data.draw(st.lists(st.tuples(st.lists(urls, min_size=1, max_size=4),
+                                        st.lists(cell_texts, min_size=len(names), max_size=len(names))),
+                              min_size=1, max_size=5))
+    header = names[:where] + ["images"] + names[where:]
+    body = [cells_[:where] + [json.dumps(urls_)] + cells_[where:] for urls_, cells_ in rows]
+    table = _table([header] + body, delimiter)
+    entries = _parse_safely(parse_entries, io.StringIO(table), "csv" if delimiter == "," else "tsv")
+    names = {n.strip() for n in header[1:]} | {header[0].lstrip("\ufeff").strip()}  # a BOM is not a name
+    _check_rows(entries, [u for u, _ in rows], names, catalog)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.lists(urls, min_size=1, max_size=4),
+                          st.dictionaries(column_names, odd_values, max_size=5)), min_size=1, max_size=5),
+       st.sampled_from(LIST_KEYS))
+def test_json_rows_with_any_extra_fields(catalog, rows, list_key):
+    lines = [json.dumps({list_key: urls_, **extra}) for urls_, extra in rows]
+    entries = _parse_safely(parse_entries, io.StringIO("\n".join(lines)), "jsonl")
+    names = {n.encode("utf-8", "replace").decode().strip() for _, extra in rows for n in extra}
+    _check_rows(entries, [u for u, _ in rows], names, catalog)

@@ -72,3 +72,25 @@ def test_filter_expressions_parse_or_raise_a_user_error(expr):
         return
     sql, args = to_sql([clause])
     assert sql.count("?") == len(args)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from(["path", "brand", "price", "tags", "x"]),
+                                JSON_VALUES | st.text(max_size=6) | st.integers(min_value=-10**400, max_value=10**400),
+                                max_size=5), max_size=5),
+       st.lists(st.text(max_size=30), max_size=4))
+def test_metadata_files_store_or_raise_a_user_error(tmp_path_factory, records, csv_lines):
+    from stylesearch.catalog import open_catalog
+    from stylesearch.metadata import attach_metadata, read_metadata_rows
+    from stylesearch.storage import dataset_paths
+
+    paths = dataset_paths("props", tmp_path_factory.mktemp("meta"))
+    with open_catalog(paths, create=True) as cat:
+        cat.upsert_item("a.jpg", status="ok")
+    jsonl = "\n".join(json.dumps({"path": "a.jpg", **r}) for r in records)
+    for name, text in (("m.jsonl", jsonl), ("m.csv", "path,brand\n" + "\n".join(csv_lines))):
+        try:
+            rows, _ = read_metadata_rows(name, text)
+            attach_metadata(paths, rows, lock=False)
+        except StyleSearchError:
+            continue

@@ -63,7 +63,7 @@ def index(
     as_json: bool = typer.Option(False, "--json", help="Print the index metadata as JSON on stdout."),
 ) -> None:
     """Build or update the FAISS index (atomic: searches keep using the old one until it is swapped in)."""
-    from ..index import build_index
+    from ..index_build import build_index
     from ..index import check_recall as recall
     from ..storage import existing_dataset
 

@@ -74,25 +74,42 @@ def search(
     all_datasets: bool = typer.Option(False, "--all", help="Search every dataset embedded with the same model."),
     fmt: OutputFormat = typer.Option("table", "--format", "-f",
                                      help="Output format (paths0: NUL-separated paths, for xargs -0)."),
+    server: Optional[str] = typer.Option(None, "--server", envvar="STYLESEARCH_SERVER", show_envvar=True,
+                                         help="Search through a running `stylesearch serve` at this URL (no "
+                                              "model load here); token from STYLESEARCH_TOKEN."),
 ) -> None:
     """Search by text, image, or item, with +/- query arithmetic and metadata filters."""
+    many = bool(datasets or all_datasets)
+    if not many and dataset is None:
+        raise typer.BadParameter("Name a dataset, or use --dataset/--all.")
+    if server:
+        from ..client import remote_search
+
+        words = [dataset, *(terms or [])] if many and dataset is not None else list(terms or [])
+        options = {"k": k, "min_score": min_score, "raw": raw, "effort": effort, "where": where or [],
+                   "group": group, "model": model, "pretrained": pretrained}
+        rows, title, parsed = remote_search(server, None if many else dataset, words, image or [], like or [],
+                                            options, list(dict.fromkeys(datasets or [])), all_datasets)
+        return _emit(rows, many, fmt, title, parsed)
     from ..filters import parse_filters
     from ..search import parse_terms
 
     clauses = parse_filters(where or [])
-    if datasets or all_datasets:
+    if many:
         words = [dataset, *(terms or [])] if dataset is not None else list(terms or [])
         parsed = parse_terms(words, image or [], like or [])
         rows, title = _search_many(datasets, all_datasets, parsed, k, model, pretrained, min_score, raw, device,
                                    effort, clauses, group)
     else:
-        if dataset is None:
-            raise typer.BadParameter("Name a dataset, or use --dataset/--all.")
         parsed = parse_terms(terms or [], image or [], like or [])
         rows, title = _search_one(dataset, parsed, k, model, pretrained, min_score, raw, device, effort, clauses,
                                   group)
-    columns = (["rank", "score", "dataset", "id", "path"] if datasets or all_datasets else
-               ["rank", "score", "id", "path"])
+    _emit(rows, many, fmt, title, parsed)
+
+
+def _emit(rows: list[dict], many: bool, fmt, title: str, parsed) -> None:
+    """The one way results are printed, whether searched here or by a server."""
+    columns = ["rank", "score", "dataset", "id", "path"] if many else ["rank", "score", "id", "path"]
     shown = flatten_meta(rows) if fmt.value in ("table", "tsv") else rows
     emit_rows(shown, columns + meta_columns(rows), fmt, title=f"{title}: {describe_terms(parsed)}", path_key="file")
 

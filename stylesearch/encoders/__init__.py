@@ -3,6 +3,10 @@
 An Encoder turns image files into L2-normalised float32 vectors, batch by batch, so that
 embed.py can commit each batch as it arrives. Failures (unreadable or undecodable files)
 come back per file instead of raising, so one bad file never stops a run.
+
+Backends: torch (open_clip in this process, any device), onnx (the dataset's ONNX export of
+the image tower on the CPU) and onnx-int8 (its int8-quantised copy, which reports its cosine
+agreement with fp32). `auto` takes onnx on the CPU, where it is the faster exact backend.
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ from typing import Iterator, Protocol, Sequence
 import numpy as np
 
 from ..choices import EMBED_BACKENDS as BACKENDS
+
+# With no image export yet, `auto` uses torch for fewer pending images than this: exporting the
+# image tower takes about as long as embedding ~150 images with torch on the CPU.
+ONNX_WORTH_EXPORTING = 256
 
 
 @dataclass
@@ -29,25 +37,56 @@ class Encoder(Protocol):
     key: str  # the model key the vectors belong to
     dim: int
     device: str
+    backend: str
 
     def encode(self, files: Sequence[Path]) -> Iterator[EncodedBatch]: ...
+
+    def report(self) -> dict: ...  # backend facts for the run's summary (e.g. int8 agreement)
 
 
 @dataclass(frozen=True)
 class EncoderOptions:
-    backend: str = "torch"
+    backend: str = "auto"
     batch_size: int = 32
     workers: int | None = None  # decode/preprocess processes; None = one per core (max 8)
     device: str = "auto"
     precision: str = "auto"
 
 
-def make_encoder(spec, options: EncoderOptions = EncoderOptions(), model=None) -> Encoder:
-    """The encoder of a backend; `model` reuses an already loaded torch model."""
+def choose_backend(options: EncoderOptions, spec, paths=None, pending: int = 0) -> str:
+    """The backend `auto` means here: onnx on the CPU when an image export exists or pays off, else torch."""
     from ..errors import UserError
 
-    if options.backend == "torch":
+    if options.backend not in BACKENDS:
+        raise UserError(f"Unknown embedding backend {options.backend!r}.", f"Choose one of: {', '.join(BACKENDS)}.")
+    if options.backend != "auto":
+        return options.backend
+    if paths is None or options.device not in ("auto", "cpu"):
+        return "torch"
+    from .onnx import load_export
+
+    export = load_export(paths, spec.key)
+    if (export is None or export.tower("image") is None) and pending < ONNX_WORTH_EXPORTING:
+        return "torch"
+    if options.device == "auto":
+        from ..models import pick_device
+
+        return "onnx" if pick_device("auto") == "cpu" else "torch"
+    return "onnx"
+
+
+def make_encoder(spec, options: EncoderOptions = EncoderOptions(), model=None, paths=None,
+                 pending: int = 0) -> Encoder:
+    """The encoder of a backend; `model` reuses an already loaded torch model, `paths` holds ONNX exports."""
+    backend = choose_backend(options, spec, paths, pending)
+    if backend == "torch":
         from .local import LocalEncoder
 
         return LocalEncoder.load(spec, options, model)
-    raise UserError(f"Unknown embedding backend {options.backend!r}.", f"Choose one of: {', '.join(BACKENDS)}.")
+    if paths is None:
+        from ..errors import UserError
+
+        raise UserError(f"The {backend} backend needs a dataset to keep its ONNX export in.")
+    from .onnx import onnx_encoder
+
+    return onnx_encoder(paths, spec, options, backend, model)

@@ -3,31 +3,30 @@ the model encodes each batch on the chosen device."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from ..images import BadImage, load_rgb
 from . import EncodedBatch, EncoderOptions
+from .pixels import Preprocess, load_item
 
 
 class _DecodeDataset:
-    """Decodes and preprocesses one image per index; failures become None (counted, skipped)."""
+    """Decodes and preprocesses one image per index; failures become None (counted, skipped).
 
-    def __init__(self, files: Sequence[Path], preprocess):
+    JPEGs are reduced on decode (pixels.Preprocess.draft_side) when the model's preprocessing is known.
+    """
+
+    def __init__(self, files: Sequence[Path], preprocess, draft: Preprocess | None = None):
         self.files = list(files)
         self.preprocess = preprocess
+        self.draft = draft
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
-        try:
-            return i, self.preprocess(load_rgb(self.files[i])), None
-        except BadImage as exc:
-            return i, None, exc.message
-        except OSError as exc:
-            return i, None, exc.strerror or str(exc)
+        pixels, error = load_item(self.files[i], self.preprocess, self.draft)
+        return i, pixels, error
 
 
 def _collate(batch):
@@ -39,8 +38,16 @@ def _collate(batch):
     return [i for i, _ in good], pixels, bad
 
 
+def model_preprocess(model) -> Preprocess | None:
+    """The torch-free description of a loaded model's preprocessing (for reduce-on-decode), if it has one."""
+    cfg = getattr(getattr(model.model, "visual", None), "preprocess_cfg", None)
+    return Preprocess.from_config(cfg) if cfg else None
+
+
 class LocalEncoder:
     """Encodes with an open_clip model loaded in this process."""
+
+    backend = "torch"
 
     def __init__(self, model, options: EncoderOptions):
         self.model = model
@@ -55,14 +62,24 @@ class LocalEncoder:
 
         return cls(model or load_model(spec, options.device, options.precision), options)
 
+    @property
+    def torch_model(self):
+        """The loaded model, for exports that need torch (onnx_export)."""
+        return self.model
+
     def encode(self, files: Sequence[Path]) -> Iterator[EncodedBatch]:
         from torch.utils.data import DataLoader
 
+        from .onnx import cpu_count
+
         opts = self.options
-        workers = opts.workers if opts.workers is not None else min(8, os.cpu_count() or 1)
-        loader = DataLoader(_DecodeDataset(files, self.model.preprocess), batch_size=opts.batch_size,
-                            num_workers=workers, collate_fn=_collate,
+        workers = opts.workers if opts.workers is not None else min(8, cpu_count())
+        dataset = _DecodeDataset(files, self.model.preprocess, model_preprocess(self.model))
+        loader = DataLoader(dataset, batch_size=opts.batch_size, num_workers=workers, collate_fn=_collate,
                             pin_memory=self.device.startswith("cuda"), prefetch_factor=4 if workers else None)
         for idx, pixels, bad in loader:
             vectors = self.model.encode_images(pixels) if pixels is not None else None
             yield EncodedBatch(idx, vectors, bad)
+
+    def report(self) -> dict:
+        return {"backend": self.backend}

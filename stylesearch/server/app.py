@@ -1,0 +1,235 @@
+"""The FastAPI app: API routes, the static page at `/`, OpenAPI docs at `/docs`, and `serve`.
+
+Guards, outermost first: the Host header must name this machine when it listens on loopback
+without a token (no DNS rebinding); with a token, /api and /health need `Authorization: Bearer`
+or the cookie the page gets from `/?token=`; every body is bounded (413).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import sys
+from http.cookies import SimpleCookie
+from pathlib import Path
+
+from starlette.requests import Request
+
+from ..errors import StyleSearchError
+from .config import ServerConfig, check_bind, is_loopback
+from .errors import error_body, plain_error, status_of
+from .state import ServerState
+
+STATIC = Path(__file__).with_name("static")
+COOKIE = "stylesearch_token"
+UPLOAD_PATHS = ("/search",)  # endpoints taking multipart uploads (the larger body limit)
+
+
+async def _send_json(send, status: int, body: bytes, headers=()) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Guard:
+    """ASGI middleware: host check, token, body size limit."""
+
+    def __init__(self, app, config: ServerConfig):
+        self.app, self.config = app, config
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        refusal = self._refusal(scope, headers)
+        if refusal:
+            return await _send_json(send, *plain_error(*refusal))
+        limit = self.config.max_upload_bytes if scope["path"].endswith(UPLOAD_PATHS) else self.config.max_body_bytes
+        length = headers.get("content-length")
+        if length is not None:  # the server holds the body to its declared length
+            if not length.isdigit() or int(length) > limit:
+                return await _send_json(send, *self._too_large(limit))
+            return await self.app(scope, receive, send)
+        if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            return await self.app(scope, receive, send)
+        await self._chunked(scope, receive, send, limit)
+
+    async def _chunked(self, scope, receive, send, limit: int) -> None:
+        """A body without Content-Length: read it up to the limit, then hand it on."""
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                return await _send_json(send, *self._too_large(limit))
+            more = message.get("more_body", False)
+        pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay():
+            return pending.pop() if pending else await receive()
+        await self.app(scope, replay, send)
+
+    def _refusal(self, scope, headers) -> tuple | None:
+        if self.config.host_checked:
+            host = headers.get("host", "")
+            host = host if host.endswith("]") else host.rsplit(":", 1)[0]
+            if not is_loopback(host):
+                return (f"Host {host!r} is not this machine.", "Use http://127.0.0.1:PORT/.", 400)
+        path = scope["path"]
+        if self.config.token and (path.startswith("/api") or path == "/health"):
+            given = headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if not given:
+                cookie = SimpleCookie(headers.get("cookie", ""))
+                given = cookie[COOKIE].value if COOKIE in cookie else ""
+            if not hmac.compare_digest(given.encode(), self.config.token.encode()):
+                return ("Missing or wrong token.", "Send 'Authorization: Bearer TOKEN', or open /?token=TOKEN once.",
+                        401)
+        return None
+
+    @staticmethod
+    def _too_large(limit: int) -> tuple[int, bytes]:
+        return plain_error(f"Request body too large (limit {limit:,} bytes).",
+                           "Send less: smaller or fewer query images.", 413)
+
+
+def create_app(config: ServerConfig = ServerConfig(), state: ServerState | None = None):
+    """The app over `config`'s datasets (`state` given by tests to share one)."""
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.staticfiles import StaticFiles
+    from starlette.exceptions import HTTPException
+
+    from .. import __version__
+    from . import labels, routes
+
+    bundle = _swagger_bundle()
+    app = FastAPI(title="stylesearch", version=__version__, default_response_class=JsonResponse(),
+                  description="Search image collections by visual style: the HTTP frontend of stylesearch.",
+                  docs_url=None if bundle else "/docs", redoc_url=None)
+    app.state.server = state or ServerState(config)
+    if bundle:
+        _offline_docs(app, bundle)
+    app.include_router(routes.router)
+    _document_bodies(app, routes.SearchBody, routes.ManyBody)
+    app.include_router(labels.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.get("/", include_in_schema=False)(_index)
+    app.add_exception_handler(StyleSearchError, _library_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_middleware(Guard, config=config)
+    return app
+
+
+def _document_bodies(app, *models) -> None:
+    """Add the search bodies (read by hand: JSON or multipart) to the OpenAPI components."""
+    from pydantic.json_schema import models_json_schema
+
+    original = app.openapi
+
+    def openapi():
+        if app.openapi_schema is None:
+            schema = original()
+            _, defs = models_json_schema([(m, "validation") for m in models],
+                                         ref_template="#/components/schemas/{model}")
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+        return app.openapi_schema
+    app.openapi = openapi
+
+
+def _swagger_bundle() -> str | None:
+    """Swagger UI's files from the swagger-ui-bundle package: /docs without a CDN (None: not installed)."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    return str(swagger_ui_path)
+
+
+def _offline_docs(app, folder: str) -> None:
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/docs-assets", StaticFiles(directory=folder), name="docs-assets")
+    if "swagger-ui-4." in folder:  # Swagger UI 4 reads OpenAPI 3.0 documents, not 3.1
+        app.openapi_version = "3.0.3"
+
+    async def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="stylesearch API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+    app.get("/docs", include_in_schema=False)(docs)
+
+
+def JsonResponse():
+    """JSON responses that keep non-ASCII text and any float the library returns."""
+    from fastapi.responses import JSONResponse
+
+    class Json(JSONResponse):
+        def render(self, content) -> bytes:
+            return json.dumps(content, ensure_ascii=False, default=str).encode("utf-8")
+    return Json
+
+
+def _json(status: int, body: bytes):
+    from fastapi.responses import Response
+
+    return Response(body, status_code=status, media_type="application/json")
+
+
+async def _index(request: Request):
+    """The page; `?token=` sets the token cookie once so the page's requests carry it."""
+    from fastapi.responses import FileResponse
+
+    response = FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+    token = request.query_params.get("token")
+    config = request.app.state.server.config
+    if token and config.token and hmac.compare_digest(token.encode(), config.token.encode()):
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+    return response
+
+
+async def _library_error(request, exc: StyleSearchError):
+    return _json(status_of(exc), json.dumps(error_body(exc), ensure_ascii=False).encode())
+
+
+async def _validation_error(request, exc):
+    err = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
+    return _json(*plain_error(f"Invalid request: {where}: {err.get('msg', 'invalid')}.", "See /docs.", 400))
+
+
+async def _http_error(request, exc):
+    hint = "See /docs for the endpoints." if exc.status_code == 404 else None
+    return _json(*plain_error(str(exc.detail), hint, exc.status_code))
+
+
+def serve(config: ServerConfig) -> None:
+    """Run the server until interrupted (refuses non-loopback binds without a token)."""
+    import asyncio
+
+    import uvicorn
+
+    check_bind(config.host, config.token)
+    app = create_app(config)
+    server = app.state.server
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if config.preload:
+        server.engine.submit(server.warm_up)
+    print(f"stylesearch: serving {', '.join(server.served_names()) or 'no datasets yet'} on "
+          f"http://{_url_host(config.host)}:{config.port}/ (API docs at /docs)", file=sys.stderr, flush=True)
+    try:
+        uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass
+    finally:
+        server.close()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

@@ -1,0 +1,60 @@
+"""Server settings and the bind-safety rule (light: no FastAPI import)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+
+from ..errors import UserError
+
+TOKEN_ENV = "STYLESEARCH_TOKEN"
+LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What the server serves and its limits."""
+
+    root: str | None = None  # dataset root (None: $STYLESEARCH_HOME or ./datasets)
+    datasets: tuple[str, ...] = ()  # served datasets; empty: every dataset under the root
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None  # required from clients when set (Bearer header or cookie)
+    device: str = "auto"
+    preload: bool = True  # load indexes and query models at start-up, in the background
+    max_upload_bytes: int = 16 << 20  # multipart search bodies (query images)
+    max_body_bytes: int = 1 << 20  # every other request body
+    max_pixels: int = 40_000_000  # uploaded query images
+    max_k: int = 1000
+    max_terms: int = 32
+    max_queue: int = 256  # library calls waiting for the engine thread; beyond: 503
+    check_host: bool | None = None  # refuse foreign Host headers (DNS rebinding); None: when loopback, no token
+
+    @property
+    def host_checked(self) -> bool:
+        return self.check_host if self.check_host is not None else (is_loopback(self.host) and not self.token)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost names."""
+    name = host.strip("[]").lower()
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def token_from_env(token: str | None) -> str | None:
+    return token or os.environ.get(TOKEN_ENV) or None
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse to listen beyond this machine without a token."""
+    if not is_loopback(host) and not token:
+        raise UserError(f"Refusing to listen on {host} without a token: anyone who can reach it could read "
+                        "the collection and write judgments.",
+                        f"Pass --token SECRET (or set {TOKEN_ENV}); clients send 'Authorization: Bearer SECRET', "
+                        "the page takes it once as /?token=SECRET. Or bind to 127.0.0.1.")

@@ -1,0 +1,240 @@
+"""What the endpoints compute, on the engine thread: the library's search (one dataset or several),
+similar items, distances, items, files and the map. Request bodies are checked against the limits."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from ..errors import ItemNotFound, NotReady, UserError
+from ..storage import read_json, thumbnail_for
+from .errors import TooLarge
+from .state import DatasetState, ServerState, file_stamp
+
+
+class SearchBody(BaseModel):
+    """A search, as on the command line: `terms` in the same grammar, query images, items, filters."""
+
+    terms: list[str] = Field(default_factory=list, description='e.g. ["red dress", "-blue", "0.5*like:42"]')
+    images: list[str] = Field(default_factory=list,
+                              description="names of uploaded images (multipart parts 'image'), or http(s) URLs")
+    likes: list[str] = Field(default_factory=list, description="item ids or paths to find similar items to")
+    k: int = 10
+    min_score: float | None = None
+    raw: bool = Field(False, description="ignore the learned metric")
+    where: list[str] = Field(default_factory=list, description='filters, e.g. ["category=summer", "price<50"]')
+    group: bool = False
+    effort: int | None = None
+    model: str | None = None
+    pretrained: str | None = None
+    uploads: list[str] = Field(default_factory=list,
+                               description="multipart only: the names of the 'image' parts, in order "
+                                           "(default: their file names)")
+
+
+class ManyBody(SearchBody):
+    """A search over several datasets embedded with the same model."""
+
+    datasets: list[str] = Field(default_factory=list)
+    all: bool = Field(False, description="every served dataset")
+
+
+def check_limits(body: SearchBody, server: ServerState) -> None:
+    limit = server.config
+    if not 1 <= body.k <= limit.max_k:
+        raise UserError(f"k must be between 1 and {limit.max_k}; got {body.k}.")
+    if len(body.terms) + len(body.images) + len(body.likes) > limit.max_terms or len(body.where) > limit.max_terms:
+        raise UserError(f"Too many query terms or filters (at most {limit.max_terms} each).")
+    if body.effort is not None and not 1 <= body.effort <= 100_000:
+        raise UserError("effort must be between 1 and 100000.")
+
+
+def term_dicts(terms) -> list[dict]:
+    return [{"weight": t.weight, "kind": t.kind, "value": t.value} for t in terms]
+
+
+class Uploads:
+    """Query images sent with a search, saved to a private temp folder under neutral names."""
+
+    def __init__(self, max_pixels: int):
+        self.max_pixels = max_pixels
+        self.folder = tempfile.TemporaryDirectory(prefix="stylesearch-upload-")
+        self.files: dict[str, Path] = {}
+
+    def add(self, name: str, data: bytes) -> None:
+        from ..images import BadImage, image_size
+
+        path = Path(self.folder.name) / f"upload-{len(self.files)}"
+        path.write_bytes(data)
+        try:
+            image_size(path, self.max_pixels)
+        except BadImage as exc:
+            cls = TooLarge if exc.message.startswith("refused") else UserError
+            raise cls(f"Query image {name!r}: {exc.message}.",
+                      f"Upload a JPEG, PNG or WebP image of at most {self.max_pixels:,} pixels.") from None
+        self.files[name] = path
+
+    def resolve(self, terms) -> list:
+        """Terms whose image values point at the uploaded files (URLs are fetched by the library)."""
+        out = []
+        for term in terms:
+            if term.kind == "image" and not re.match(r"^https?://", term.value):
+                if term.value not in self.files:
+                    raise UserError(f"Query image {term.value} was not uploaded.",
+                                    "Send it as a multipart part named 'image' whose file name is the term's value.")
+                term = replace(term, value=str(self.files[term.value]))
+            out.append(term)
+        return out
+
+    def close(self) -> None:
+        self.folder.cleanup()
+
+
+def search_one(state: DatasetState, body: SearchBody, terms) -> list[dict]:
+    """Rows of the library's search, exactly as `stylesearch search DATASET` computes them."""
+    from ..filters import parse_filters
+
+    clauses = parse_filters(body.where)
+    searcher = state.searcher(body.model, body.pretrained, body.raw, body.effort)
+    try:
+        return searcher.search(terms, body.k, body.min_score, filters=clauses, group=body.group)
+    finally:
+        state.keep_encoder(searcher)
+
+
+def chosen_names(server: ServerState, body: ManyBody) -> list[str]:
+    names = server.served_names() if body.all else list(dict.fromkeys(body.datasets))
+    if not names:
+        raise UserError("There are no datasets to search." if body.all else "Name the datasets to search.")
+    return names
+
+
+def search_many(server: ServerState, body: ManyBody, terms) -> list[dict]:
+    """Rows of `stylesearch search -d A -d B` / `--all`, from the warm searchers: merged by score,
+    naming their dataset; `like:` terms name items of the first dataset (as search_datasets)."""
+    from ..filters import parse_filters
+    from ..search import search_datasets
+
+    clauses = parse_filters(body.where)
+    states = [server.dataset(name) for name in chosen_names(server, body)]
+    if len({s.spec(body.model, body.pretrained).key for s in states}) > 1:  # the library says which differ
+        return search_datasets([s.paths for s in states], terms, body.k, body.model, body.pretrained, body.min_score,
+                               body.raw, states[0].device, body.effort, clauses, body.group)
+    searchers = [s.searcher(body.model, body.pretrained, body.raw, body.effort) for s in states]
+    first = searchers[0]
+    try:
+        query = first.query_vector(terms)
+    finally:
+        states[0].keep_encoder(first)
+    skip = {first.catalog.item(t.value).id for t in terms if t.kind == "like"}
+    merged = []
+    for n, (state, searcher) in enumerate(zip(states, searchers)):
+        rows = searcher.search_vector(query, body.k, body.min_score, skip if n == 0 else set(), clauses, body.group)
+        merged += [{**row, "dataset": state.paths.name} for row in rows]
+    merged.sort(key=lambda r: -r["score"])
+    return [{**row, "rank": n + 1} for n, row in enumerate(merged[:body.k])]
+
+
+def distances(state: DatasetState, ref: str, raw: bool, limit: int | None) -> dict:
+    """Distance from one item to every embedded item under the learned metric (d^2 = 2 - 2 score)."""
+    import numpy as np
+
+    from ..search import Term
+
+    searcher = state.searcher(raw=raw)
+    item = searcher.catalog.item(ref)
+    query = searcher.query_vector([Term(1.0, "like", str(item.id))])
+    key = searcher.model_key
+    ids, vectors = state.cached_value(f"vectors:{key}", state.catalog_stamp(),
+                                      lambda: searcher.catalog.load_vectors(key))
+    dist = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * searcher.metric.scores(query, vectors)))
+    order = np.argsort(dist, kind="stable")[:limit]
+    metric = searcher.metric
+    return {"item": {"id": item.id, "path": item.path}, "model_key": key, "count": len(ids),
+            "metric": {"kind": metric.kind, "learned": metric.learned, "version": metric.version},
+            "ids": ids[order].tolist(), "distances": np.round(dist[order].astype(np.float64), 6).tolist()}
+
+
+def item_dict(item, meta: dict) -> dict:
+    return {"id": item.id, "path": item.path, "width": item.width, "height": item.height, "group": item.group_id,
+            "caption": item.caption, "meta": meta}
+
+
+def _live_items(state: DatasetState) -> list:
+    return state.cached_value("items", state.catalog_stamp(), lambda: state.reader().items("ok"))
+
+
+def list_items(state: DatasetState, offset: int, limit: int, where: list[str]) -> dict:
+    """A page of live items (by id) with their metadata, optionally filtered."""
+    from ..filters import check_fields, parse_filters, to_sql
+
+    items = _live_items(state)
+    if where:
+        clauses = parse_filters(where)
+        catalog = state.reader()
+        check_fields(clauses, set(catalog.metadata_fields()))
+        allowed = catalog.live_ids_where(*to_sql(clauses))
+        items = [it for it in items if it.id in allowed]
+    page = items[offset:offset + limit]
+    meta = state.reader().metadata([it.id for it in page])
+    return {"total": len(items), "offset": offset, "limit": limit,
+            "items": [item_dict(it, meta.get(it.id, {})) for it in page]}
+
+
+def one_item(state: DatasetState, ref: str) -> dict:
+    item = _live_item(state, ref)
+    return item_dict(item, state.reader().metadata([item.id]).get(item.id, {}))
+
+
+def _live_item(state: DatasetState, ref: str):
+    item = state.reader().item(ref)
+    if item.status != "ok":
+        raise ItemNotFound(f"Item {ref} of {state.paths.name!r} is {item.status}.", dataset=state.paths.name)
+    return item
+
+
+def item_file(state: DatasetState, item_id: int, thumb: bool) -> Path:
+    """The image file of a catalogued item (its thumbnail when `thumb` and one exists); never another file."""
+    item = _live_item(state, str(item_id))
+    paths = state.paths
+    path = thumbnail_for(paths, item.path, item.content_hash) if thumb else paths.item_file(item.path)
+    if not path.is_file():
+        raise ItemNotFound(f"The image file of item {item_id} is missing.", dataset=paths.name)
+    return path
+
+
+def atlas_page(state: DatasetState, page: int) -> Path:
+    pages = (read_json(state.paths.atlas_manifest) or {}).get("pages") or []
+    if not 0 <= page < len(pages) or not (state.paths.atlas / pages[page]).is_file():
+        raise NotReady(f"Dataset {state.paths.name!r} has no atlas page {page}.", "Build the atlas first.",
+                       dataset=state.paths.name, step="atlas")
+    return state.paths.atlas / pages[page]
+
+
+def map_points(state: DatasetState, model: str | None, pretrained: str | None) -> dict:
+    """The saved UMAP coordinates of the live items, with their atlas sprites when there is an atlas."""
+    from ..projection import load_projection
+
+    paths, key = state.paths, state.spec(model, pretrained).key
+    stamp = (file_stamp(paths.projection_file(key)), file_stamp(paths.atlas_manifest), state.catalog_stamp())
+    return state.cached_value(f"map:{key}", stamp, lambda: _map(state, key, load_projection(paths, key)))
+
+
+def _map(state: DatasetState, key: str, saved) -> dict:
+    if saved is None:
+        raise NotReady(f"No UMAP coordinates saved for {state.paths.name!r}.", "Export a UMAP projection first.",
+                       dataset=state.paths.name, step="umap-export")
+    live = {it.id: it.path for it in _live_items(state)}
+    manifest = read_json(state.paths.atlas_manifest) or {}
+    tiles = {e["id"]: [e["page"], e["x"], e["y"], e["w"], e["h"]] for e in manifest.get("items", [])}
+    ids, coords = saved
+    keep = [n for n, i in enumerate(ids.tolist()) if i in live]
+    kept_ids = [int(ids[n]) for n in keep]
+    return {"model_key": key, "count": len(keep), "ids": kept_ids, "paths": [live[i] for i in kept_ids],
+            "x": [round(float(coords[n, 0]), 4) for n in keep], "y": [round(float(coords[n, 1]), 4) for n in keep],
+            "atlas": {"pages": len(manifest.get("pages") or []), "tile": manifest.get("tile"),
+                      "sprites": [tiles.get(i) for i in kept_ids]} if tiles else None}

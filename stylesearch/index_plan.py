@@ -31,6 +31,7 @@ MAX_NLIST = 4096 * 4
 HNSW_M = 32
 PQ_BYTES = 64
 OPQ_MIN_COUNT = 65_536
+MAX_TRAIN = 300_000
 CHUNK = 50_000  # vectors read from the catalog and added per step
 
 
@@ -47,8 +48,8 @@ class IndexPlan:
 
     @property
     def train_size(self) -> int:
-        """k-means sample: 64 points per list (faiss wants at least 39), at most the collection."""
-        return min(self.count, max(64 * self.nlist, 10_000)) if self.trains else 0
+        """k-means sample: 64 points per list (faiss wants 39), at least 10k, at most 300k (k-means time)."""
+        return min(self.count, MAX_TRAIN, max(64 * self.nlist, 10_000)) if self.trains else 0
 
     def factory(self) -> str:
         """The faiss.index_factory description."""
@@ -72,7 +73,7 @@ class IndexPlan:
 
     def peak_bytes(self) -> int:
         """Index + training sample + one chunk + members (ids and content keys) + 10% slack."""
-        working = (self.train_size + CHUNK) * self.dim * 4 + self.count * 24
+        working = (self.train_size + min(CHUNK, self.count)) * self.dim * 4 + self.count * 24
         return int((self.index_bytes() + working) * 1.1)
 
 
@@ -141,9 +142,9 @@ def parse_bytes(text: str) -> int:
     return int(value)
 
 
-def format_bytes(n: int) -> str:
+def format_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024:
-            return f"{n:.0f} {unit}"
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"

@@ -59,6 +59,8 @@ def index(
     pretrained: Optional[str] = pretrained_option(),
     full: bool = typer.Option(False, "--full", help="Rebuild from scratch instead of adding new vectors."),
     raw: bool = typer.Option(False, "--raw", help="Index the raw vectors even when a learned metric exists."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory",
+                                             help="Memory the build may use, e.g. 4G (default: 60% of RAM)."),
     check_recall: bool = typer.Option(False, "--check-recall", help="Report recall@10 against exact search."),
     as_json: bool = typer.Option(False, "--json", help="Print the index metadata as JSON on stdout."),
 ) -> None:
@@ -67,9 +69,12 @@ def index(
     from ..index import check_recall as recall
     from ..storage import existing_dataset
 
+    from ..index_plan import parse_bytes
+
     paths = existing_dataset(dataset, STATE.root)
     key = choose_model(paths, model, pretrained).key
-    meta = build_index(paths, key, kind.value, full, make_progress(), raw=raw)
+    cap = parse_bytes(max_memory) if max_memory else None
+    meta = build_index(paths, key, kind.value, full, make_progress(), raw=raw, max_memory=cap)
     if check_recall:
         meta["recall_at_10"] = round(recall(paths, key), 4)
     summary(meta, as_json, "index")

@@ -1,0 +1,127 @@
+"""Index builds at scale on synthetic clustered vectors (not uniform noise): 512-D unit vectors
+around 10k Gaussian centres, spread so a vector's cosine to its centre is about 0.9 (like CLIP
+image embeddings of near-duplicates and variations).
+
+For each size: build time and peak RSS of `stylesearch index` (auto kind, a real process reading
+the catalog), index size on disk, recall@10 against exact search on 200 held-out queries, query
+latency p50/p95 (warm, in-process), and the wall time of a cold `stylesearch search --like`
+process. The exact neighbours are computed while the vectors are generated (streamed, so 10M
+never sits in memory).
+
+Usage: python benchmarks/scale.py [SIZES] [--keep DIR]   e.g. 1000000 or 1000000,10000000
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from stylesearch.catalog import open_catalog
+from stylesearch.index import load_index
+from stylesearch.storage import dataset_paths
+
+DIM, CENTRES, QUERIES, K, CHUNK = 512, 10_000, 200, 10, 100_000
+NOISE = 0.5 / np.sqrt(DIM)  # |noise| ~ 0.5 before normalising: cosine to the centre ~ 0.9
+
+
+def centres(rng) -> np.ndarray:
+    c = rng.standard_normal((CENTRES, DIM), dtype=np.float32)
+    return c / np.linalg.norm(c, axis=1, keepdims=True)
+
+
+def sample(rng, c: np.ndarray, n: int) -> np.ndarray:
+    x = c[rng.integers(0, len(c), n)] + rng.normal(0, NOISE, (n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def fill_catalog(paths, n: int, queries: np.ndarray, c: np.ndarray, rng) -> np.ndarray:
+    """Write n vectors into the catalog in chunks; returns the exact top-K ids per query."""
+    best = np.full((len(queries), K), -np.inf, dtype=np.float32)
+    best_ids = np.zeros((len(queries), K), dtype=np.int64)
+    with open_catalog(paths, create=True) as cat:
+        cat.conn.execute("PRAGMA synchronous=OFF")
+        with cat.transaction():
+            cat.ensure_model("m", "m", "t", DIM, "float32")
+        for start in range(0, n, CHUNK):
+            x = sample(rng, c, min(CHUNK, n - start))
+            ids = np.arange(start + 1, start + 1 + len(x))
+            hashes = [f"{i:064x}" for i in ids]
+            with cat.transaction():
+                cat.conn.executemany("INSERT INTO items(id, path, content_hash, status) VALUES(?,?,?,'ok')",
+                                     [(int(i), f"{i}.jpg", h) for i, h in zip(ids, hashes)])
+                cat.conn.executemany("INSERT INTO vectors VALUES('m',?,?)",
+                                     [(h, x[j].tobytes()) for j, h in enumerate(hashes)])
+            scores = queries @ x.T
+            merged = np.concatenate([best, scores], axis=1)
+            merged_ids = np.concatenate([best_ids, np.broadcast_to(ids, scores.shape)], axis=1)
+            top = np.argpartition(-merged, K, axis=1)[:, :K]
+            best, best_ids = np.take_along_axis(merged, top, 1), np.take_along_axis(merged_ids, top, 1)
+    return best_ids
+
+
+def run(cmd: list[str]) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (GiB) and stdout of a child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    wall = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return wall, max(peak, before) / (1 << 20), out
+
+
+def bench(n: int, root: Path) -> None:
+    rng = np.random.default_rng(0)
+    c = centres(rng)
+    queries = sample(np.random.default_rng(99), c, QUERIES)  # held out: not in the collection
+    paths = dataset_paths(f"scale{n}", root)
+    start = time.perf_counter()
+    exact = fill_catalog(paths, n, queries, c, rng)
+    fill = time.perf_counter() - start
+    cli = [sys.executable, "-m", "stylesearch", "--root", str(root)]
+    build, peak, out = run([*cli, "index", paths.name, "--json"])
+    meta = json.loads(out)
+    size = sum(f.stat().st_size for f in paths.index_dir("m").glob("index-*.faiss")) / (1 << 30)
+    loaded = load_index(paths, "m")
+    lat, hits = [], 0
+    for q, truth in zip(queries, exact):
+        t = time.perf_counter()
+        _, found = loaded.search(q[None], K)
+        lat.append(time.perf_counter() - t)
+        hits += len(set(found[0].tolist()) & set(truth.tolist()))
+    cold, _, _ = run([*cli, "search", paths.name, "--like", str(n // 2), "-k", "10", "--format", "tsv"])
+    vectors_gib = n * DIM * 4 / (1 << 30)
+    print(f"n={n:>9,}  kind {meta['kind']} ({meta['factory']}, nprobe {meta['nprobe']})  catalog fill {fill:6.0f} s")
+    print(f"   build {build:7.1f} s   peak RSS {peak:5.2f} GiB (raw float32 vectors: {vectors_gib:5.2f} GiB)   "
+          f"index {size:5.2f} GiB on disk")
+    print(f"   recall@10 {hits / exact.size:.3f} (exact search = 1.000)   p50 {np.percentile(lat, 50) * 1e3:6.2f} ms   "
+          f"p95 {np.percentile(lat, 95) * 1e3:6.2f} ms   cold `search --like` process {cold:5.2f} s", flush=True)
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    keep = None
+    if "--keep" in args:
+        keep = Path(args[args.index("--keep") + 1])
+        args = args[:args.index("--keep")]
+    sizes = [int(s) for s in (args[0] if args else "1000000").split(",")]
+    root = keep or Path(tempfile.mkdtemp(prefix="stylesearch-scale-"))
+    print(f"{DIM}-d vectors around {CENTRES} centres, {os.cpu_count()} cores; datasets in {root}")
+    try:
+        for n in sizes:
+            bench(n, root)
+    finally:
+        if keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,7 +9,9 @@ import time
 import numpy as np
 
 from stylesearch.catalog import open_catalog
-from stylesearch.index import LoadedIndex, build_index, new_index, recall_at_k, tune
+from stylesearch.index import LoadedIndex, recall_at_k, tune
+from stylesearch.index_build import build_index, new_index
+from stylesearch.index_plan import choose_plan
 from stylesearch.storage import dataset_paths
 
 sizes = [int(s) for s in (sys.argv[1] if len(sys.argv) > 1 else "100000,1000000").split(",")]
@@ -22,10 +24,10 @@ for n in sizes:
     ids = np.arange(n, dtype=np.int64)
     for kind in ("flat", "hnsw"):
         start = time.perf_counter()
-        index = new_index(kind, dim, data)
+        index = new_index(choose_plan(kind, dim, n, 1 << 40))
         for s in range(0, n, 50_000):
             index.add_with_ids(data[s:s + 50_000], ids[s:s + 50_000])
-        tune(index, kind)
+        tune(index, {"kind": kind})
         build = time.perf_counter() - start
         loaded = LoadedIndex(index, {"kind": kind})
         lat = []

@@ -46,9 +46,21 @@ def _open(source, max_pixels: int):
     return img
 
 
-def image_size(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+def _stream(source):
+    """A file name or stream PIL can open: bytes and in-archive members (read_bytes) become streams."""
+    if isinstance(source, (bytes, bytearray)):
+        return io.BytesIO(source)
+    if not isinstance(source, (str, Path)) and hasattr(source, "read_bytes"):
+        try:
+            return io.BytesIO(source.read_bytes())
+        except (OSError, KeyError) as exc:
+            raise BadImage(f"cannot be read ({exc})") from None
+    return source
+
+
+def image_size(path, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     """Width and height from the header, without decoding pixels."""
-    with _open(path, max_pixels) as img:
+    with _open(_stream(path), max_pixels) as img:
         return img.size
 
 
@@ -61,8 +73,7 @@ def load_rgb(source: str | os.PathLike | bytes, draft: int | None = None, max_pi
     """
     from PIL import ImageOps
 
-    stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
-    img = _open(stream, max_pixels)
+    img = _open(_stream(source), max_pixels)
     try:
         if draft and img.format == "JPEG":
             scale = draft / max(img.size)  # keep the long side >= draft after reduce-on-decode

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from .catalog import Catalog
 from .images import BadImage, file_sha256, image_size, is_image_name
+from .shards import SEPARATOR, is_shard_name, read_shard
 
 
 @dataclass
@@ -60,7 +63,7 @@ def walk_image_folder(folder: Path) -> Walk:
             continue
         visited.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        walk.files.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_name(f))
+        walk.files.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_name(f) or is_shard_name(f))
     return walk
 
 
@@ -105,13 +108,56 @@ def scan(catalog: Catalog, files: Iterable[Path] | None = None, prune: bool = Tr
             if rel in seen:
                 continue
             seen.add(rel)
-            _scan_one(catalog, file, rel, known.get(rel), result)
+            if is_shard_name(file.name):
+                _scan_shard(catalog, file, rel, known, seen, result)
+            else:
+                _scan_one(catalog, file, rel, known.get(rel), result)
         if prune:
             gone = [it.id for path, it in known.items()
                     if path not in seen and it.status != "deleted" and not _under_any(path, blocked)]
             catalog.set_status(gone, "deleted")
             result.deleted = len(gone)
     return result
+
+
+def _scan_shard(catalog: Catalog, shard: Path, rel: str, known: dict, seen: set[str], result: ScanResult) -> None:
+    """Catalog the images of a tar shard as items `<shard>#<member>` with their metadata and caption.
+
+    A shard whose size and mtime match its catalogued members is not read again."""
+    prefix = f"{rel}{SEPARATOR}"
+    members = {path: it for path, it in known.items() if path.startswith(prefix)}
+    try:
+        st = shard.stat()
+        if members and all(it.mtime == st.st_mtime and it.status != "deleted" for it in members.values()):
+            seen.update(members)
+            result.unchanged += len(members)
+            return
+        for record in read_shard(shard):
+            path = prefix + record.member
+            seen.add(path)
+            _scan_member(catalog, path, record, st.st_mtime, members.get(path), result)
+    except (OSError, EOFError, tarfile.TarError) as exc:
+        seen.update(members)  # keep what was catalogued from it
+        result.unreadable += 1
+        result.warnings.append(f"{rel}: shard cannot be read ({exc}); its items are kept as they were")
+
+
+def _scan_member(catalog: Catalog, path: str, record, mtime: float, old, result: ScanResult) -> None:
+    fields = {"size": len(record.data), "mtime": mtime, "content_hash": hashlib.sha256(record.data).hexdigest(),
+              "caption": record.caption}
+    try:
+        fields["width"], fields["height"] = image_size(record.data)
+        fields["status"] = "ok"
+    except BadImage as exc:
+        fields["status"] = "corrupt"
+        result.corrupt += 1
+        result.warnings.append(f"{path}: {exc.message}")
+    item_id = catalog.upsert_item(path, **fields)
+    catalog.set_metadata(item_id, record.meta)
+    if old is None:
+        result.new += 1
+    else:
+        result.changed += 1
 
 
 def _utf8(text: str) -> bool:

@@ -228,8 +228,17 @@ class DatasetPaths:
     def projection_file(self, model_key: str) -> Path:
         return self.projections / f"{model_key}.npz"
 
-    def item_file(self, item_path: str) -> Path:
-        """The file of an item: relative catalog paths live under images/, absolute ones anywhere."""
+    def item_file(self, item_path: str):
+        """The file of an item: relative catalog paths live under images/, absolute ones anywhere.
+
+        An image inside a tar shard (`shard.tar#member`) is a shards.ShardMember, read with read_bytes.
+        """
+        if "#" in item_path:
+            from .shards import ShardMember, split_member_path
+
+            parts = split_member_path(item_path)
+            if parts:
+                return ShardMember(self.item_file(parts[0]), parts[1])
         p = Path(item_path)
         return p if p.is_absolute() else self.images / p
 

@@ -36,7 +36,7 @@ class TransformResult:
         return {"made": self.made, "up_to_date": self.up_to_date, "failed": self.failed}
 
 
-def make_thumbnail(src: str, dst: str, max_side: int, fmt: str, quality: int) -> str | None:
+def make_thumbnail(src, dst: str, max_side: int, fmt: str, quality: int) -> str | None:
     """Write one thumbnail atomically; returns an error message instead of raising."""
     from PIL import Image
 
@@ -77,7 +77,7 @@ def transform_dataset(paths: DatasetPaths, options: TransformOptions = Transform
         if not rebuild and _up_to_date(src, dst):
             result.up_to_date += 1
         else:
-            tasks.append((str(src), str(dst), options.max_side, options.fmt, options.quality))
+            tasks.append((src, str(dst), options.max_side, options.fmt, options.quality))
     _run(tasks, options.workers, or_null(progress), result)
     atomic_write_json(paths.thumbs_params, params)
     return result

@@ -1,0 +1,82 @@
+"""Webdataset tar shards (img2dataset output) as image sources, read in place."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pytest
+
+from stylesearch.catalog import open_catalog
+from stylesearch.dataset import create_dataset
+from stylesearch.images import load_rgb
+from stylesearch.samples import render
+from stylesearch.scan import scan
+from stylesearch.storage import dataset_paths
+from stylesearch.transform import TransformOptions, transform_dataset
+
+
+def jpeg(seed: int) -> bytes:
+    buf = io.BytesIO()
+    render("stripes", "warm", seed, (64, 48)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def write_shard(path, keys, broken: str | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for n, key in enumerate(keys):
+            files = {f"{key}.jpg": b"not a jpeg" if key == broken else jpeg(n),
+                     f"{key}.json": json.dumps({"url": f"https://x/{key}", "width": 64, "similarity": 0.3}).encode(),
+                     f"{key}.txt": f"caption of {key}".encode()}
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_shard_members_become_items_with_metadata_and_captions(tmp_path):
+    paths = dataset_paths("shards", tmp_path)
+    create_dataset(paths)
+    write_shard(paths.images / "shards" / "00000.tar", ["000000000", "000000001", "000000002"], broken="000000002")
+    with open_catalog(paths) as cat:
+        first = scan(cat)
+        items = {it.path: it for it in cat.items(status=None)}
+        meta = cat.metadata([it.id for it in items.values()])
+    assert (first.new, first.corrupt) == (3, 1)
+    item = items["shards/00000.tar#000000001.jpg"]
+    assert item.status == "ok" and item.caption == "caption of 000000001" and (item.width, item.height) == (64, 48)
+    assert meta[item.id]["key"] == "000000001" and meta[item.id]["url"] == "https://x/000000001"
+    member = paths.item_file(item.path)
+    assert load_rgb(member).size == (64, 48) and str(member).endswith("00000.tar#000000001.jpg")
+    with open_catalog(paths) as cat:
+        again = scan(cat)
+    assert (again.new, again.unchanged, again.deleted) == (0, 3, 0)  # the shard is not read again
+    (paths.images / "shards" / "00000.tar").unlink()
+    with open_catalog(paths) as cat:
+        assert scan(cat).deleted == 3
+
+
+def test_thumbnails_from_shard_members(tmp_path):
+    paths = dataset_paths("thumbs", tmp_path)
+    create_dataset(paths)
+    write_shard(paths.images / "00001.tar", ["a", "b"])
+    result = transform_dataset(paths, TransformOptions(max_side=32, workers=1))
+    assert result.made == 2 and result.failed == 0
+    assert (paths.thumbs / "00001.tar#a.jpg").exists()
+
+
+def test_truncated_shard_keeps_what_was_catalogued(tmp_path):
+    paths = dataset_paths("trunc", tmp_path)
+    create_dataset(paths)
+    shard = paths.images / "00002.tar"
+    write_shard(shard, ["a", "b", "c"])
+    with open_catalog(paths) as cat:
+        assert scan(cat).new == 3
+    shard.write_bytes(shard.read_bytes()[:700])  # cut inside the first member
+    with open_catalog(paths) as cat:
+        result = scan(cat)
+        statuses = {it.path: it.status for it in cat.items(status=None)}
+    assert result.deleted == 0 and result.unreadable == 1
+    assert list(statuses.values()) == ["ok", "ok", "ok"]

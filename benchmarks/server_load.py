@@ -105,7 +105,8 @@ def report(results: list, elapsed: float) -> None:
     for kind in ("similar", "search", "health", "all"):
         lat = np.array([t for k, _, t in results if kind in (k, "all")]) * 1e3
         if len(lat):
-            print(f"  {kind:8s} n={len(lat):6d}  p50 {np.percentile(lat, 50):7.1f} ms  p99 {np.percentile(lat, 99):7.1f} ms")
+            p50, p99 = np.percentile(lat, [50, 99])
+            print(f"  {kind:8s} n={len(lat):6d}  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms")
 
 
 def main() -> None:

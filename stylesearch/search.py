@@ -76,7 +76,7 @@ class Searcher:
     """Loaded search state for one dataset and model; the query encoder is made only when needed."""
 
     def __init__(self, paths: DatasetPaths, spec: ModelSpec | None = None, raw: bool = False,
-                 device: str = "auto", effort: int | None = None):
+                 device: str = "auto", effort: int | None = None, encoder: QueryEncoder | None = None):
         self.paths = paths
         self.spec = spec or resolve_spec(paths, embedded_only=True)
         self.model_key = self.spec.key
@@ -89,7 +89,7 @@ class Searcher:
         self.index = load_index(paths, self.model_key, effort)
         self.metric = load_metric(paths, self.model_key, raw=raw, dim=model_meta["dim"])
         self.device = device
-        self._encoder: QueryEncoder | None = None
+        self._encoder: QueryEncoder | None = encoder  # a warm one can be shared between searchers
         self._vectors: tuple[np.ndarray, np.ndarray] | None = None
         self._fields: set[str] | None = None  # metadata fields, for checking filters
         self._allowed_cache: dict[tuple, set[int]] = {}
@@ -101,6 +101,11 @@ class Searcher:
     def encoder(self) -> QueryEncoder:
         if self._encoder is None:
             self._encoder = query_encoder(self.paths, self.spec, self.device)
+        return self._encoder
+
+    @property
+    def loaded_encoder(self) -> QueryEncoder | None:
+        """The query encoder if one was made (a like-only search makes none)."""
         return self._encoder
 
     def term_vector(self, term: Term) -> np.ndarray:
@@ -286,24 +291,34 @@ def search_datasets(datasets: Sequence[DatasetPaths], terms: list[Term], k: int 
     """Search several datasets embedded with the same model; rows are merged by score and name
     their dataset. `like:` terms name items of the first dataset."""
     specs = [resolve_spec(p, model, pretrained, embedded_only=True) for p in datasets]
-    keys = {spec.key for spec in specs}
-    if len(keys) > 1:
-        listing = ", ".join(f"{p.name}: {s.key}" for p, s in zip(datasets, specs))
-        raise UserError(f"These datasets are embedded with different models ({listing}).",
-                        "Search datasets of one model together, or choose the model they share.")
-    searchers = [Searcher(p, s, raw=raw, device=device, effort=effort) for p, s in zip(datasets, specs)]
+    check_same_model(datasets, specs)
+    searchers: list[Searcher] = []
     try:
-        first = searchers[0]
-        query = first.query_vector(terms)
-        skip = {first.catalog.item(t.value).id for t in terms if t.kind == "like"}
-        for other in searchers[1:]:
-            other._encoder = first._encoder  # one model load for every dataset
-        merged = []
-        for n, searcher in enumerate(searchers):
-            rows = searcher.search_vector(query, k, min_score, skip if n == 0 else set(), filters, group)
-            merged += [{**row, "dataset": searcher.paths.name} for row in rows]
+        for paths, spec in zip(datasets, specs):
+            searchers.append(Searcher(paths, spec, raw=raw, device=device, effort=effort))
+        return search_searchers(searchers, terms, k, min_score, filters, group)
     finally:
         for searcher in searchers:
             searcher.close()
+
+
+def check_same_model(datasets: Sequence[DatasetPaths], specs: Sequence[ModelSpec]) -> None:
+    """Refuse to merge datasets embedded with different models, naming each one's model."""
+    if len({spec.key for spec in specs}) > 1:
+        listing = ", ".join(f"{p.name}: {s.key}" for p, s in zip(datasets, specs))
+        raise UserError(f"These datasets are embedded with different models ({listing}).",
+                        "Search datasets of one model together, or choose the model they share.")
+
+
+def search_searchers(searchers: Sequence[Searcher], terms: list[Term], k: int = 10, min_score: float | None = None,
+                     filters: Sequence[Clause] = (), group: bool = False) -> list[dict]:
+    """Rows of several loaded searchers (one model) merged by score; the first encodes the query once."""
+    first = searchers[0]
+    query = first.query_vector(terms)
+    skip = {first.catalog.item(t.value).id for t in terms if t.kind == "like"}
+    merged = []
+    for n, searcher in enumerate(searchers):
+        rows = searcher.search_vector(query, k, min_score, skip if n == 0 else set(), filters, group)
+        merged += [{**row, "dataset": searcher.paths.name} for row in rows]
     merged.sort(key=lambda r: -r["score"])
     return [{**row, "rank": n + 1} for n, row in enumerate(merged[:k])]

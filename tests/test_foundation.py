@@ -18,9 +18,9 @@ from stylesearch.storage import append_jsonl, atomic_write_json, dataset_paths, 
 
 from .conftest import make_dataset
 
-HEAVY = ("torch", "open_clip", "faiss", "umap", "textual")
+HEAVY = ("torch", "open_clip", "faiss", "umap", "textual", "fastapi", "uvicorn", "ray", "onnxruntime", "numpy")
 COMMANDS = ["datasets", "info", "demo", "download", "transform", "atlas", "embed", "index", "reindex",
-            "search", "label", "train", "umap-export"]
+            "search", "label", "train", "umap-export", "meta", "tag", "serve"]
 
 
 def test_help_and_every_subcommand_help_import_nothing_heavy():

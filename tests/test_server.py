@@ -328,12 +328,13 @@ def test_cli_through_a_real_server_prints_identical_output(cli, root, live_serve
     feed_dataset(root, "a", n=80, seed=1)
     feed_dataset(root, "b", n=80, seed=2)
     url = live_server()
-    queries = [["search", "a", "--like", "3", "-k", "7", "--where", "price<60", "--group"],
-               ["search", "a", "-k", "4", "like:5", "-0.5*like:9"],
-               ["search", "--all", "--like", "2", "-k", "6"],
-               ["search", "-d", "b", "-d", "a", "like:4", "--min-score", "0.1"]]
-    for args in queries:
-        for fmt in ("json", "jsonl", "tsv", "paths", "paths0", "table"):
+    queries = [(["search", "a", "--like", "3", "-k", "7", "--where", "price<60", "--group"],
+                ("json", "jsonl", "tsv", "paths", "paths0", "table")),
+               (["search", "a", "-k", "4", "like:5", "-0.5*like:9"], ("json", "table")),
+               (["search", "--all", "--like", "2", "-k", "6"], ("jsonl", "tsv")),
+               (["search", "-d", "b", "-d", "a", "like:4", "--min-score", "0.1"], ("json", "table"))]
+    for args, formats in queries:
+        for fmt in formats:
             local = cli(*args, "-f", fmt)
             remote = cli(*args, "-f", fmt, "--server", url)
             assert remote.stdout == local.stdout, (args, fmt)
@@ -345,11 +346,11 @@ def test_cli_through_a_real_server_prints_identical_output(cli, root, live_serve
         assert (remote.returncode, remote.stderr) == (local.returncode, local.stderr), args
     down = cli("search", "a", "--like", "1", "--server", f"http://127.0.0.1:{free_port()}", check=False)
     assert down.returncode == 1 and "Cannot reach the stylesearch server" in down.stderr
+    assert_fast_path_imports_nothing_heavy(root, url)
 
 
-def test_fast_path_imports_nothing_heavy(cli, root, live_server):
-    feed_dataset(root, "a", n=30)
-    url = live_server("a")
+def assert_fast_path_imports_nothing_heavy(root, url: str) -> None:
+    """`search --server` in a fresh process: the answer, and no numpy/torch/faiss/FastAPI/PIL loaded."""
     code = ("import sys; from stylesearch.cli.main import main; sys.argv = ['stylesearch', 'search', 'a', '--like', "
             "'2', '-f', 'json', '--server', sys.argv[1]]\ntry: main()\nexcept SystemExit: pass\n"
             "heavy = [m for m in ('numpy', 'torch', 'open_clip', 'faiss', 'fastapi', 'uvicorn', 'PIL', 'httpx') "
@@ -358,16 +359,58 @@ def test_fast_path_imports_nothing_heavy(cli, root, live_server):
                           env={**os.environ, "STYLESEARCH_HOME": str(root)})
     assert json.loads(proc.stdout)[0]["rank"] == 1
     assert "HEAVY []" in proc.stderr, proc.stderr
+
+
+def test_serve_command_loads_no_web_stack_until_run_and_refuses_public_bind(cli):
+    from stylesearch.cli.main import app
+
+    from stylesearch.cli import serve_cmd
+
     help_code = ("import sys; from stylesearch.cli.main import app\nimport stylesearch.cli.serve_cmd\n"
                  "print([m for m in ('fastapi', 'uvicorn', 'starlette') if m in sys.modules])")
     assert subprocess.run([sys.executable, "-c", help_code], capture_output=True, text=True).stdout.strip() == "[]"
+    if not any(c.name == "serve" for c in app.registered_commands):
+        serve_cmd.register(app)
+    refused = cli("serve", "--host", "0.0.0.0", "--port", "1", check=False, env={"STYLESEARCH_TOKEN": ""})
+    assert refused.returncode == 2 and "Refusing to listen on 0.0.0.0 without a token" in refused.stderr
+    assert "--token" in refused.stderr
 
 
-def test_serve_refuses_public_bind_without_token(root):
-    env = {**os.environ, "STYLESEARCH_HOME": str(root), "STYLESEARCH_TOKEN": ""}
-    proc = subprocess.run([sys.executable, "-c", SERVE, "serve", "--host", "0.0.0.0", "--port", "1"],
-                          capture_output=True, text=True, timeout=60, env=env)
-    assert proc.returncode == 2 and "Refusing to listen on 0.0.0.0 without a token" in proc.stderr
+@pytest.fixture
+def threaded_server(root, monkeypatch):
+    """A uvicorn server in a thread of this process, with the fake text encoder (as local searches here)."""
+    import uvicorn
+
+    monkeypatch.setattr("stylesearch.search.query_encoder", lambda p, spec, device="auto": FakeEncoder(48))
+    running = []
+
+    def start() -> str:
+        port = free_port()
+        app = create_app(ServerConfig(root=str(root), preload=False, port=port))
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        running.append((server, thread, app))
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{port}"
+    yield start
+    for server, thread, app in running:
+        server.should_exit = True
+        thread.join(timeout=10)
+        app.state.server.close()
+
+
+def test_text_and_image_queries_through_the_server_print_what_local_search_prints(cli, root, threaded_server):
+    paths = picture_dataset(root, count=18)
+    url = threaded_server()
+    image = str(next(paths.images.rglob("dots-*.jpg")))
+    for args in (["striped red", "-blue", "-k", "4"], ["--image", image, "-k", "3"],
+                 ["-k", "5", f"0.5*image:{image}", "dots", "-w", "palette!=warm"]):
+        for fmt in ("json", "tsv", "table"):
+            local = cli("search", "pics", *args, "-f", fmt)
+            assert cli("search", "pics", *args, "-f", fmt, "--server", url).stdout == local.stdout, (args, fmt)
 
 
 @pytest.mark.slow

@@ -10,7 +10,8 @@ from .common import STATE
 
 
 def serve(
-    datasets: Optional[List[str]] = typer.Argument(None, help="Datasets to serve (default: every dataset)."),
+    datasets: Optional[List[str]] = typer.Argument(None, metavar="[DATASET]...",
+                                                   help="Datasets to serve (default: every dataset)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; beyond loopback needs --token."),
     port: int = typer.Option(8000, "--port", min=0, max=65535),
     token: Optional[str] = typer.Option(None, "--token", envvar="STYLESEARCH_TOKEN", show_envvar=True,
@@ -18,18 +19,22 @@ def serve(
     device: str = typer.Option("auto", "--device", help="Device for query models: auto, cpu, cuda, mps."),
     preload: bool = typer.Option(True, "--preload/--lazy",
                                  help="Load indexes and query models at start-up (default) or on first use."),
+    threads: int = typer.Option(1, "--threads", min=1,
+                                help="Threads per query (torch, FAISS, BLAS); 1 is fastest under concurrent load."),
     max_upload_mb: float = typer.Option(16, "--max-upload-mb", min=0.1, help="Largest upload (query images)."),
 ) -> None:
-    """Serve the HTTP API (docs at /docs) and the search, map and labelling page at /."""
-    from ..server.config import ServerConfig, check_bind, token_from_env
+    """Serve the HTTP API (docs at /docs) and a page for search, map and labelling (at /)."""
+    from ..server.config import ServerConfig, check_bind, set_thread_env, token_from_env
     from ..storage import existing_dataset
 
     token = token_from_env(token)
     check_bind(host, token)
+    set_thread_env(threads)
     for name in datasets or []:
         existing_dataset(name, STATE.root)
     config = ServerConfig(root=STATE.root, datasets=tuple(dict.fromkeys(datasets or [])), host=host, port=port,
-                          token=token, device=device, preload=preload, max_upload_bytes=int(max_upload_mb * 2**20))
+                          token=token, device=device, threads=threads, preload=preload,
+                          max_upload_bytes=int(max_upload_mb * 2**20))
     try:
         from ..server.app import serve as run
     except ImportError as exc:

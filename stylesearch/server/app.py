@@ -107,7 +107,7 @@ def create_app(config: ServerConfig = ServerConfig(), state: ServerState | None 
     from . import labels, routes
 
     bundle = _swagger_bundle()
-    app = FastAPI(title="stylesearch", version=__version__, default_response_class=JsonResponse(),
+    app = FastAPI(title="stylesearch", version=__version__, default_response_class=_json_response_class(),
                   description="Search image collections by visual style: the HTTP frontend of stylesearch.",
                   docs_url=None if bundle else "/docs", redoc_url=None)
     app.state.server = state or ServerState(config)
@@ -166,7 +166,7 @@ def _offline_docs(app, folder: str) -> None:
     app.get("/docs", include_in_schema=False)(docs)
 
 
-def JsonResponse():
+def _json_response_class():
     """JSON responses that keep non-ASCII text and any float the library returns."""
     from fastapi.responses import JSONResponse
 
@@ -218,7 +218,10 @@ def serve(config: ServerConfig) -> None:
     check_bind(config.host, config.token)
     app = create_app(config)
     server = app.state.server
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("stylesearch: %(message)s"))
+    logging.getLogger("stylesearch.server").addHandler(handler)
+    logging.getLogger("stylesearch.server").setLevel(logging.INFO)
     if config.preload:
         server.engine.submit(server.warm_up)
     print(f"stylesearch: serving {', '.join(server.served_names()) or 'no datasets yet'} on "

@@ -22,6 +22,7 @@ class ServerConfig:
     port: int = 8000
     token: str | None = None  # required from clients when set (Bearer header or cookie)
     device: str = "auto"
+    threads: int | None = None  # torch/FAISS threads per query (None: as the libraries choose); see state.py
     preload: bool = True  # load indexes and query models at start-up, in the background
     max_upload_bytes: int = 16 << 20  # multipart search bodies (query images)
     max_body_bytes: int = 1 << 20  # every other request body
@@ -49,6 +50,12 @@ def is_loopback(host: str) -> bool:
 
 def token_from_env(token: str | None) -> str | None:
     return token or os.environ.get(TOKEN_ENV) or None
+
+
+def set_thread_env(threads: int) -> None:
+    """Thread counts for numerical libraries, before any of them is imported."""
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
 
 
 def check_bind(host: str, token: str | None) -> None:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from ..errors import UserError
-from .state import ServerState
+from .state import LABEL_SESSIONS, ServerState
 
 router = APIRouter(tags=["labels"])
 _SESSION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -56,7 +56,7 @@ def label_session(server: ServerState, name: str, session: str, strategy: str = 
         hit = (stamp, LabelSession(state.paths, strategy=strategy, session_id=session))
         server.label_sessions[key] = hit
     server.label_sessions.move_to_end(key)
-    while len(server.label_sessions) > 16:
+    while len(server.label_sessions) > LABEL_SESSIONS:
         server.label_sessions.popitem(last=False)
     return hit[1]
 
@@ -96,7 +96,10 @@ def judge(server: ServerState, body: TripletBody) -> dict:
             if not valid_judgment(record):
                 raise UserError("Not a valid judgment.", "A judgment names a known choice and three distinct items.")
             append_jsonl(state.paths.triplets, record)
-    return {"record": record, "next": view(server, body.dataset, body.session, session) if session is not None else None}
+    if session is not None and session.retrain_due():  # active learning as in the terminal labeller
+        session.retrain()
+    following = view(server, body.dataset, body.session, session) if session is not None else None
+    return {"record": record, "next": following}
 
 
 def undo(server: ServerState, body: UndoBody) -> dict:

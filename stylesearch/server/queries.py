@@ -114,29 +114,18 @@ def chosen_names(server: ServerState, body: ManyBody) -> list[str]:
 
 
 def search_many(server: ServerState, body: ManyBody, terms) -> list[dict]:
-    """Rows of `stylesearch search -d A -d B` / `--all`, from the warm searchers: merged by score,
-    naming their dataset; `like:` terms name items of the first dataset (as search_datasets)."""
+    """Rows of `stylesearch search -d A -d B` / `--all`, from the warm searchers (search.search_searchers)."""
     from ..filters import parse_filters
-    from ..search import search_datasets
+    from ..search import check_same_model, search_searchers
 
     clauses = parse_filters(body.where)
     states = [server.dataset(name) for name in chosen_names(server, body)]
-    if len({s.spec(body.model, body.pretrained).key for s in states}) > 1:  # the library says which differ
-        return search_datasets([s.paths for s in states], terms, body.k, body.model, body.pretrained, body.min_score,
-                               body.raw, states[0].device, body.effort, clauses, body.group)
+    check_same_model([s.paths for s in states], [s.spec(body.model, body.pretrained) for s in states])
     searchers = [s.searcher(body.model, body.pretrained, body.raw, body.effort) for s in states]
-    first = searchers[0]
     try:
-        query = first.query_vector(terms)
+        return search_searchers(searchers, terms, body.k, body.min_score, clauses, body.group)
     finally:
-        states[0].keep_encoder(first)
-    skip = {first.catalog.item(t.value).id for t in terms if t.kind == "like"}
-    merged = []
-    for n, (state, searcher) in enumerate(zip(states, searchers)):
-        rows = searcher.search_vector(query, body.k, body.min_score, skip if n == 0 else set(), clauses, body.group)
-        merged += [{**row, "dataset": state.paths.name} for row in rows]
-    merged.sort(key=lambda r: -r["score"])
-    return [{**row, "rank": n + 1} for n, row in enumerate(merged[:body.k])]
+        states[0].keep_encoder(searchers[0])
 
 
 def distances(state: DatasetState, ref: str, raw: bool, limit: int | None) -> dict:

@@ -9,6 +9,7 @@ INDEX_KINDS = ("auto", "flat", "hnsw", "ivf", "ivfsq", "ivfpq")
 THUMB_FORMATS = {"jpeg": ".jpg", "webp": ".webp", "png": ".png"}  # thumbnail format -> file extension
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 EMBED_BACKENDS = ("auto", "torch", "onnx", "onnx-int8")  # auto: onnx on the CPU, torch on a GPU
+EMBED_ENGINES = ("local", "ray")  # where encoding runs: this process, or a Ray cluster
 LABEL_STRATEGIES = ("random", "uncertain")
 COORD_FORMATS = ("csv", "json", "parquet")
 ATLAS_ORDERS = ("path", "umap")

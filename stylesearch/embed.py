@@ -17,6 +17,7 @@ from .catalog import Catalog, open_catalog
 from .dataset import create_dataset
 from .encoders import Encoder, EncoderOptions, make_encoder
 from .models import ModelSpec
+from .onnx_export import export_text_after_embedding, remove_interrupted_exports
 from .progress import Progress, or_null
 from .scan import scan
 from .storage import DatasetPaths, writer_lock
@@ -80,6 +81,7 @@ def embed_dataset(paths: DatasetPaths, spec: ModelSpec, files: Sequence[Path] | 
         create_dataset(paths)
     guard = writer_lock(paths) if lock else contextlib.nullcontext()
     with guard, open_catalog(paths) as catalog:
+        remove_interrupted_exports(paths, spec.key)
         scanned = scan(catalog, files=files, prune=files is None)
         hashes, todo, already = _pending(catalog, spec.key)
         result = EmbedResult(spec.key, scanned.as_dict(), already_embedded=already, warnings=scanned.warnings)
@@ -100,8 +102,6 @@ def _export_text_tower(paths: DatasetPaths, spec: ModelSpec, encoder: Encoder, o
                        result: EmbedResult) -> None:
     model = getattr(encoder, "torch_model", None)
     if options.export_onnx and model is not None:
-        from .onnx_export import export_text_after_embedding
-
         warning = export_text_after_embedding(paths, spec, model)
         if warning:
             result.warnings.append(warning)

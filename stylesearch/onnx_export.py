@@ -62,7 +62,7 @@ def export_onnx(paths, spec, model=None, towers=("text",), force: bool = False, 
     present = sorted((stamp or {}).get("towers", {}))
     return {"model": spec.key, "folder": str(paths.onnx_dir(spec.key)), "exported": [t for t in todo if t in present],
             "kept": [t for t in present if t not in todo], "skipped": {k: v.message for k, v in errors.items()},
-            "seconds": round(time.perf_counter() - start, 2), **_sizes(paths.onnx_dir(spec.key), stamp)}
+            "seconds": round(time.perf_counter() - start, 2), **_sizes(stamp)}
 
 
 def export_text_after_embedding(paths, spec, model) -> str | None:
@@ -90,9 +90,11 @@ def _check_writable(paths, model_key: str) -> None:
 
 
 def _check_weights(spec) -> None:
+    """A weights file's key carries its fingerprint: a different file must not be exported under the old key."""
     from .models import ModelSpec
 
-    if spec.stored_key and ModelSpec(spec.name, spec.pretrained).key != spec.stored_key:
+    weights = spec.pretrained or ""
+    if spec.stored_key and os.path.isfile(weights) and ModelSpec(spec.name, weights).key != spec.stored_key:
         raise UserError(f"The weights of {spec.key} changed since the dataset was embedded with them.",
                         "Embed with the current weights, or restore the weights file the vectors were made with.")
 
@@ -117,6 +119,9 @@ def _export(paths, spec, model, todo: list[str], old: OnnxExport | None) -> tupl
                 towers[name] = _BUILDERS[name](model, net, build, version, towers)
             except ExportFailed as exc:
                 errors[name] = exc
+            except Exception as exc:  # torch.onnx and onnxruntime raise many types; torch queries still work
+                errors[name] = ExportFailed(f"The {name} tower could not be exported ({type(exc).__name__}: "
+                                            f"{str(exc)[:200]}).")
         for name in todo:
             if name in towers and name not in errors:
                 _move_in(build, folder, towers[name]["files"])
@@ -308,7 +313,8 @@ def _export_image(model, net, build: Path, version: str, towers: dict) -> dict:
             return self.net.encode_image(px)
 
     path = build / f"image-{version}.onnx"
-    files = _save(Image(), torch.from_numpy(pixels[:2]), path, "pixels", {0: torch.export.Dim("batch", min=1, max=4096)})
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    files = _save(Image(), torch.from_numpy(pixels[:2]), path, "pixels", {0: batch})
     with torch.inference_mode():
         expected = net.encode_image(torch.from_numpy(pixels)).numpy()
     from .encoders.onnx import session
@@ -323,11 +329,12 @@ def _export_image_int8(model, net, build: Path, version: str, towers: dict) -> d
 
     from .encoders.onnx import session
     from .encoders.pixels import Preprocess
+    from .models import _quiet_root_logger  # the quantizer advises on the root logger
 
     source = towers["image"]
     folder = build if (build / source["file"]).exists() else build.parent
     path = build / f"image-int8-{version}.onnx"
-    with warnings.catch_warnings(), _quiet_logging():
+    with warnings.catch_warnings(), _quiet_root_logger(True):
         warnings.simplefilter("ignore")
         quantize_dynamic(folder / source["file"], path, op_types_to_quantize=["MatMul"], per_channel=True,
                          weight_type=QuantType.QInt8, use_external_data_format=True)
@@ -336,20 +343,6 @@ def _export_image_int8(model, net, build: Path, version: str, towers: dict) -> d
     exact = session(folder / source["file"]).run(None, {"pixels": pixels})[0]
     cos = _cosines(session(path).run(None, {"pixels": pixels})[0], exact)
     return {"file": path.name, "files": _files(path), "cosine_to_fp32": round(float(cos.min()), 5)}
-
-
-@contextlib.contextmanager
-def _quiet_logging():
-    """onnxruntime's quantizer advises on the root logger; an export has nothing to say."""
-    import logging
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 _BUILDERS = {"text": _export_text, "image": _export_image, "image-int8": _export_image_int8}
@@ -368,6 +361,13 @@ def _move_in(build: Path, folder: Path, files: dict) -> None:
             os.replace(src, folder / name)
 
 
+def remove_interrupted_exports(paths, model_key: str) -> None:
+    """Delete what an interrupted export left (build folders, unnamed versions); call holding the writer lock."""
+    folder = paths.onnx_dir(model_key)
+    if folder.is_dir():
+        _remove_unlisted(folder, read_stamp(folder) or {})
+
+
 def _remove_unlisted(folder: Path, stamp: dict) -> None:
     """Delete files of replaced versions and leftovers of interrupted exports."""
     keep = {STAMP} | {n for t in stamp.get("towers", {}).values() for n in t.get("files", {})}
@@ -378,7 +378,7 @@ def _remove_unlisted(folder: Path, stamp: dict) -> None:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
-def _sizes(folder: Path, stamp: dict | None) -> dict:
+def _sizes(stamp: dict | None) -> dict:
     towers = (stamp or {}).get("towers", {})
     out = {"bytes": sum(sum(t.get("files", {}).values()) for t in towers.values())}
     if "image-int8" in towers:

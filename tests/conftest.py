@@ -44,7 +44,9 @@ class CLI:
 
     def __init__(self, root: Path, env: dict | None = None):
         self.root = root
-        self.env = {"STYLESEARCH_HOME": str(root), "HF_HUB_OFFLINE": "1", **(env or {})}
+        # tests that need the automatic ONNX export of the text tower turn it back on
+        self.env = {"STYLESEARCH_HOME": str(root), "HF_HUB_OFFLINE": "1", "STYLESEARCH_NO_ONNX_EXPORT": "1",
+                    **(env or {})}
 
     def __call__(self, *args: str, input: str | None = None, check: bool = True, env: dict | None = None) -> Result:
         from typer.testing import CliRunner
@@ -71,6 +73,19 @@ class CLI:
         proc = subprocess.run([sys.executable, "-m", "stylesearch", *args], capture_output=True, text=True,
                               env=full_env, timeout=timeout)
         return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_query_cache(tmp_path_factory):
+    """Query-vector caches go to a temporary folder, never the user's ~/.cache."""
+    cache = tmp_path_factory.mktemp("query-cache")
+    previous = os.environ.get("STYLESEARCH_CACHE")
+    os.environ["STYLESEARCH_CACHE"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("STYLESEARCH_CACHE", None)
+    else:
+        os.environ["STYLESEARCH_CACHE"] = previous
 
 
 @pytest.fixture
@@ -130,7 +145,8 @@ def embedded(tmp_path_factory, tiny_spec, tiny_model):
 
     root = tmp_path_factory.mktemp("embedded")
     paths = make_dataset(root, "shared", 36)
-    embed_dataset(paths, tiny_spec, options=EmbedOptions(workers=0), model=tiny_model)
+    embed_dataset(paths, tiny_spec, options=EmbedOptions(workers=0, backend="torch", export_onnx=False),
+                  model=tiny_model)
     build_index(paths, tiny_spec.key)
     return paths
 
@@ -138,3 +154,18 @@ def embedded(tmp_path_factory, tiny_spec, tiny_model):
 def unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
     x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def vector_catalog(root: Path, name: str, vectors: np.ndarray, key: str = "m"):
+    """A dataset whose items are just catalog rows with the given vectors (no images, no model):
+    item i+1 is `i.jpg` with vector row i."""
+    from stylesearch.catalog import open_catalog
+
+    paths = dataset_paths(name, root)
+    hashes = [f"{i:064d}" for i in range(len(vectors))]
+    with open_catalog(paths, create=True) as cat, cat.transaction():
+        cat.ensure_model(key, key, "t", vectors.shape[1], "float32")
+        for i, content_hash in enumerate(hashes):
+            cat.upsert_item(f"{i}.jpg", content_hash=content_hash, status="ok")
+        cat.put_vectors(key, hashes, vectors, "float32")
+    return paths

@@ -18,13 +18,14 @@ from stylesearch.index import check_recall, load_index
 from stylesearch.index_build import build_index
 from stylesearch.search import Searcher, Term, parse_terms, search
 
-from .conftest import TINY, make_dataset, unit_rows
+from .conftest import TINY, make_dataset, unit_rows, vector_catalog
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 
 
 def _embed(paths, spec, model, **kw):
-    return embed_dataset(paths, spec, options=EmbedOptions(workers=0), model=model, **kw)
+    return embed_dataset(paths, spec, options=EmbedOptions(workers=0, backend="torch", export_onnx=False), model=model,
+                         **kw)
 
 
 def test_embed_is_incremental_and_reuses_vectors(tmp_path, tiny_spec, tiny_model):
@@ -65,7 +66,7 @@ def test_corrupt_and_truncated_images_are_counted_and_skipped(tmp_path, tiny_spe
 
 def test_float16_storage(tmp_path, tiny_spec, tiny_model):
     paths = make_dataset(tmp_path, "half", 4)
-    embed_dataset(paths, tiny_spec, options=EmbedOptions(workers=0, storage_dtype="float16"), model=tiny_model)
+    embed_dataset(paths, tiny_spec, options=EmbedOptions(workers=0, storage_dtype="float16", export_onnx=False), model=tiny_model)
     with open_catalog(paths) as cat:
         assert cat.model(tiny_spec.key)["dtype"] == "float16"
         _, vectors = cat.load_vectors(tiny_spec.key)
@@ -85,16 +86,8 @@ def test_embed_paths_from_stdin_through_cli(cli, root, tiny_weights, tmp_path):
 
 def _fake_dataset(tmp_path, n, dim=32, name="vec"):
     """A catalog with n random unit vectors (no images needed for index tests)."""
-    from stylesearch.storage import dataset_paths
-
-    paths = dataset_paths(name, tmp_path)
     vectors = unit_rows(n, dim)
-    with open_catalog(paths, create=True) as cat, cat.transaction():
-        cat.ensure_model("m", "m", "t", dim, "float32")
-        for i in range(n):
-            cat.upsert_item(f"{i}.jpg", content_hash=f"{i:064d}", status="ok")
-        cat.put_vectors("m", [f"{i:064d}" for i in range(n)], vectors, "float32")
-    return paths, vectors
+    return vector_catalog(tmp_path, name, vectors), vectors
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivfpq"])

@@ -12,7 +12,7 @@ from stylesearch.index_build import build_index
 from stylesearch.index_plan import choose_plan, nlist_for, parse_bytes
 from stylesearch.storage import dataset_paths
 
-from .conftest import unit_rows
+from .conftest import unit_rows, vector_catalog
 
 GiB = 1 << 30
 
@@ -45,17 +45,11 @@ def test_sizes_and_lists():
 
 
 def _dataset(tmp_path, n=6000, dim=32):
-    paths = dataset_paths("plans", tmp_path)
     rng = np.random.default_rng(0)
     centres = unit_rows(40, dim, seed=1)
     vectors = centres[rng.integers(0, 40, n)] + rng.normal(0, 0.15, (n, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    with open_catalog(paths, create=True) as cat, cat.transaction():
-        cat.ensure_model("m", "m", "t", dim, "float32")
-        for i in range(n):
-            cat.upsert_item(f"{i}.jpg", content_hash=f"{i:064d}", status="ok")
-        cat.put_vectors("m", [f"{i:064d}" for i in range(n)], vectors, "float32")
-    return paths, vectors
+    return vector_catalog(tmp_path, "plans", vectors), vectors
 
 
 def test_streamed_ivfsq_build_is_mmapped_and_accurate(tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from stylesearch.index import load_index
 from stylesearch.samples import write_samples
 from stylesearch.storage import TEMP_MARK, dataset_paths
 
-from .conftest import TINY, unit_rows
+from .conftest import TINY, unit_rows, vector_catalog
 
 BUILD = """
 import sys
@@ -56,13 +56,8 @@ def check_catalog(paths) -> None:
 
 
 def test_index_killed_mid_write_leaves_nothing_behind(tmp_path):
-    paths = dataset_paths("killidx", tmp_path)
     n, dim = 40_000, 64
-    with open_catalog(paths, create=True) as cat, cat.transaction():
-        cat.ensure_model("m", "m", "t", dim, "float32")
-        for i in range(n):
-            cat.upsert_item(f"{i}.jpg", content_hash=f"{i:064d}", status="ok")
-        cat.put_vectors("m", [f"{i:064d}" for i in range(n)], unit_rows(n, dim), "float32")
+    paths = vector_catalog(tmp_path, "killidx", unit_rows(n, dim))
     cmd = [sys.executable, "-c", BUILD, str(tmp_path), "killidx", "hnsw"]
     rng = random.Random(7)
     killed = kill_at_random_moments(cmd, [rng.uniform(0.3, 2.5) for _ in range(4)])

@@ -29,12 +29,13 @@ def lines(paths):
     return [json.loads(line) for line in paths.triplets.read_text().splitlines()]
 
 
-def make_app(paths, seed=7):
+def make_app(paths, seed=7, strategy="random", retrain_every=25):
     from textual_image.widget import HalfcellImage
 
     from stylesearch.tui.label_app import LabelApp
 
-    return LabelApp(LabelSession(paths, "random", seed=seed), image_widget=HalfcellImage)
+    session = LabelSession(paths, strategy, seed=seed, retrain_every=retrain_every)
+    return LabelApp(session, image_widget=HalfcellImage, strategy=strategy)
 
 
 async def test_keys_append_the_right_judgments(tmp_path):
@@ -100,3 +101,22 @@ async def test_quit_key_exits_and_keeps_everything(tmp_path):
 def test_label_screen_snapshot(tmp_path, snap_compare):
     paths = labelled_dataset(tmp_path)
     assert snap_compare(make_app(paths), terminal_size=(120, 36), press=["a"])
+
+
+async def test_metric_retrains_in_the_background_and_its_pick_is_shown(tmp_path):
+    paths = labelled_dataset(tmp_path)
+    app = make_app(paths, strategy="uncertain", retrain_every=4)
+    async with app.run_test(size=(120, 36)) as pilot:
+        assert app.session.loop.fit is None
+        for key in "abab" * 3:
+            await pilot.press(key)
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        fit = app.session.loop.fit
+        guess = str(app.query_one("#guess").render())
+        pick, _ = app.session.guess()
+        titles = {side: str(app.query_one(f"#{side} .title").render()) for side in ("left", "right")}
+    assert fit is not None and app.session.metric is fit.metric and fit.kind == "diagonal"
+    assert "retrained on" in guess and f"metric picks {pick}" in guess
+    assert "metric's pick" in titles[pick] and "metric's pick" not in titles[{"left": "right"}.get(pick, "left")]
+    assert app.session.status()["agreement"] == fit.cv_agreement

@@ -53,7 +53,10 @@ def test_training_recovers_planted_metric(tmp_path):
     assert meta["agreement_before"] < 0.8
     assert meta["agreement_after"] > meta["agreement_before"] + 0.1
     assert meta["agreement_after"] > 0.85
-    assert meta["equality_triplets"] > 0
+    assert meta["equality_triplets"] > 0 and meta["kind"] == "diagonal"
+    assert meta["judgments_used"] == meta["train_triplets"] + meta["val_triplets"] + meta["equality_triplets"]
+    assert meta["agreement_ci"][0] < meta["agreement_after"] < meta["agreement_ci"][1]
+    assert meta["regularisation"]["family"] in ("uniform", "sparse") and meta["logit_scale"] > 0
     metric = load_metric(paths, "m", dim=32)
     assert isinstance(metric, DiagonalMetric) and metric.meta["kind"] == "diagonal"
     weights = metric.weights
@@ -86,7 +89,7 @@ def test_train_skips_malformed_lines_and_applies_undo(tmp_path):
     append_jsonl(paths.triplets, {"undo": last["id"]})
     contents = read_log(paths.triplets)
     assert contents.malformed == 2 and contents.undone == 1 and len(contents.judgments) == 29
-    meta = train_metric(paths, "m", TrainOptions(epochs=5))
+    meta = train_metric(paths, "m", TrainOptions(seed=1))
     assert meta["malformed_lines"] == 2 and meta["undone"] == 1
     assert meta["train_triplets"] + meta["val_triplets"] == 29
 
@@ -101,9 +104,9 @@ def test_train_needs_enough_judgments(tmp_path):
 def test_train_cli_reports_agreement(cli, root):
     paths, vectors, hidden = planted_dataset(root, n=80, name="clitrain")
     simulate(paths, vectors, hidden, 200)
-    out = cli.json("train", "clitrain", "--json", "--epochs", "20", "--seed", "3")
+    out = cli.json("train", "clitrain", "--json", "--seed", "3")
     assert out["train_triplets"] == 160 and out["val_triplets"] == 40
-    human = cli("train", "clitrain", "--epochs", "5")
+    human = cli("train", "clitrain")
     assert "held-out agreement" in human.stderr and human.stdout == ""
 
 

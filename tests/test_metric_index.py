@@ -12,18 +12,12 @@ from stylesearch.metric import DiagonalMetric, LowRankMetric, save_metric
 from stylesearch.search import Searcher, Term
 from stylesearch.storage import dataset_paths
 
-from .conftest import unit_rows
+from .conftest import unit_rows, vector_catalog
 
 
 def vector_dataset(tmp_path, n=400, dim=16):
-    paths = dataset_paths("space", tmp_path)
     vectors = unit_rows(n, dim, seed=5)
-    with open_catalog(paths, create=True) as cat, cat.transaction():
-        cat.ensure_model("m", "m", "t", dim, "float32")
-        for i in range(n):
-            cat.upsert_item(f"{i}.jpg", content_hash=f"{i:064d}", status="ok")
-        cat.put_vectors("m", [f"{i:064d}" for i in range(n)], vectors, "float32")
-    return paths, vectors
+    return vector_catalog(tmp_path, "space", vectors), vectors
 
 
 def exact_ids(metric, vectors, query_row, k):

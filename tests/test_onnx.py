@@ -120,6 +120,10 @@ def test_missing_stale_or_damaged_exports_fall_back_to_torch(exported, tiny_spec
     assert cli.json("export-onnx", "ox", "--status", "--json")["towers"] == ["text", "image", "image-int8"]
     encoder, vector = text_vector()
     assert encoder.text_id.startswith("onnx:") and _cos(vector, expected)[0] >= 0.999
+    (folder / ".build.tmp-killed").mkdir()  # left by an interrupted export: the next writer removes it
+    (folder / "text-orphan.onnx").write_bytes(b"moved in, never named by a stamp")
+    embed_dataset(paths, tiny_spec, options=EmbedOptions(workers=0))  # nothing to embed
+    assert not (folder / ".build.tmp-killed").exists() and not (folder / "text-orphan.onnx").exists()
 
 
 class _Counting:
@@ -172,7 +176,7 @@ def _run_reader(base: Path, *args: str) -> tuple[str, dict]:
     return proc.stdout, json.loads(proc.stderr.strip().splitlines()[-1])
 
 
-def test_text_search_on_a_read_only_dataset_imports_no_torch(exported):
+def test_searches_on_a_read_only_dataset_import_no_torch(exported):
     base = Path(tempfile.mkdtemp(prefix="stylesearch-onnx-"))
     try:
         shutil.copytree(exported.home, base / "root" / "ox")
@@ -185,6 +189,9 @@ def test_text_search_on_a_read_only_dataset_imports_no_torch(exported):
         assert info["modules"] == ["onnxruntime"]  # the ONNX text tower answered; no torch, open_clip, torchvision
         out, info = _run_reader(base, "search", "ox", "red stripes", "-k", "3", "--format", "json")
         assert info["modules"] == [] and len(json.loads(out)) == 3  # repeated: from the query cache
+        image = next((base / "root" / "ox" / "images").rglob("*.jpg"))
+        out, info = _run_reader(base, "search", "ox", "--image", str(image), "-k", "1", "--format", "json")
+        assert info["modules"] == ["onnxruntime"] and json.loads(out)[0]["score"] > 0.999  # the ONNX image tower
         _, info = _run_reader(base, "export-onnx", "ox")
         assert info["code"] == 2 and "torch" not in info["modules"]
         assert {p: p.stat().st_mtime_ns for p in (base / "root").rglob("*")} == before

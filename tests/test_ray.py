@@ -19,7 +19,7 @@ def test_ray_engine_gives_the_local_vectors(tmp_path, tiny_spec, tiny_model):
     pytest.importorskip("ray", reason="ray is an optional extra (pip install 'stylesearch[ray]')")
     from stylesearch.encoders.ray import RayEncoder, RayOptions
 
-    options = EmbedOptions(backend="torch", batch_size=8, workers=0)
+    options = EmbedOptions(backend="torch", batch_size=8, workers=0, export_onnx=False)
     local = make_dataset(tmp_path / "local", "local", 30)
     remote = make_dataset(tmp_path / "ray", "ray", 30)
     good = next(remote.images.rglob("*.jpg")).read_bytes()

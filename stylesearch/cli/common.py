@@ -113,10 +113,19 @@ class RichProgress:
 
     def __init__(self) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                                   TimeRemainingColumn)
+        from rich.text import Text
+
+        class Rate(ProgressColumn):
+            """Items per second (images/s while embedding)."""
+
+            def render(self, task):
+                speed = task.finished_speed or task.speed
+                return Text(f"{speed:.1f}/s" if speed else "", style="progress.data.speed")
 
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn(),
             console=Console(file=sys.stderr), transient=True,
         )
         self._task = None

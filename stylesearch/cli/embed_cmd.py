@@ -8,13 +8,14 @@ from typing import Optional
 
 import typer
 
-from ..choices import EMBED_BACKENDS, INDEX_KINDS, PRECISIONS
+from ..choices import EMBED_BACKENDS, EMBED_ENGINES, INDEX_KINDS, PRECISIONS
 from .common import (STATE, choice_enum, choose_model, make_progress, model_option, pretrained_option, summary,
                      warn_list)
 
 Kind = choice_enum("Kind", INDEX_KINDS)
 Precision = choice_enum("Precision", PRECISIONS)
 Backend = choice_enum("Backend", EMBED_BACKENDS)
+Engine = choice_enum("Engine", EMBED_ENGINES)
 DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps."
 
 
@@ -27,7 +28,16 @@ def embed(
     source: Optional[str] = typer.Argument(None, help="'-' to read image paths from stdin instead of scanning."),
     model: Optional[str] = model_option(),
     pretrained: Optional[str] = pretrained_option(),
-    backend: Backend = typer.Option("torch", "--backend", help="Embedding backend."),
+    backend: Backend = typer.Option("auto", "--backend", help=(
+        "auto (onnx on the CPU when an export exists or >=256 images are pending, else torch), torch, onnx, "
+        "onnx-int8 (reports its cosine agreement with fp32).")),
+    engine: Engine = typer.Option("local", "--engine", help="local, or ray (Ray Data on a Ray cluster)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: auto or ray://HOST:PORT "
+                                                                  "(default: a local Ray instance)."),
+    num_workers: int = typer.Option(2, "--num-workers", min=1, help="Ray model workers (actors)."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="GPUs per Ray model worker."),
+    no_onnx_export: bool = typer.Option(False, "--no-onnx-export", envvar="STYLESEARCH_NO_ONNX_EXPORT",
+                                        help="Do not export the text tower to ONNX after embedding."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes (default: one per core)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
@@ -45,7 +55,9 @@ def embed(
     paths = dataset_paths(dataset, STATE.root) if create else existing_dataset(dataset, STATE.root)
     files = _read_stdin_paths() if source == "-" else None
     options = EmbedOptions(backend=backend.value, batch_size=batch_size, workers=workers, device=device,
-                           precision=precision.value, storage_dtype="float16" if float16 else "float32")
+                           precision=precision.value, storage_dtype="float16" if float16 else "float32",
+                           engine=engine.value, ray_address=address, ray_workers=num_workers,
+                           ray_gpus=gpus_per_worker, export_onnx=not no_onnx_export)
     spec = choose_model(paths, model, pretrained, embedded_only=False)
     result = embed_dataset(paths, spec, files, options, make_progress(), create=create)
     warn_list(result.warnings)

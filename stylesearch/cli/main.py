@@ -15,7 +15,7 @@ from typer.core import TyperGroup
 
 from ..errors import StyleSearchError
 from . import (atlas_cmd, datasets_cmd, demo_cmd, embed_cmd, ingest_cmd, learn_cmd, meta_cmd, projection_cmd,
-               search_cmd, serve_cmd)
+               onnx_cmd, search_cmd, serve_cmd)
 from .common import STATE
 from .errors import render_error
 
@@ -66,7 +66,7 @@ def _global(
 
 
 for module in (datasets_cmd, demo_cmd, ingest_cmd, meta_cmd, atlas_cmd, embed_cmd, search_cmd, learn_cmd,
-               projection_cmd, serve_cmd):
+               projection_cmd, onnx_cmd, serve_cmd):
     module.register(app)
 
 

@@ -11,6 +11,7 @@ agreement with fp32). `auto` takes onnx on the CPU, where it is the faster exact
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
@@ -48,9 +49,26 @@ class Encoder(Protocol):
 class EncoderOptions:
     backend: str = "auto"
     batch_size: int = 32
-    workers: int | None = None  # decode/preprocess processes; None = one per core (max 8)
+    workers: int | None = None  # decode/preprocess processes; None = decode_workers()
     device: str = "auto"
     precision: str = "auto"
+    engine: str = "local"  # local, or ray (a Ray cluster; see encoders/ray.py)
+    ray_address: str | None = None  # None: a local Ray instance; "auto" or "ray://host:port": a cluster
+    ray_workers: int = 2  # model actors
+    ray_gpus: float = 0.0  # GPUs per model actor
+
+
+def cpu_count() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def decode_workers(options: EncoderOptions) -> int:
+    """Decode processes: as asked, else half the cores (the model's threads need the rest), 1 to 8."""
+    return options.workers if options.workers is not None else max(1, min(8, cpu_count() // 2))
 
 
 def choose_backend(options: EncoderOptions, spec, paths=None, pending: int = 0) -> str:
@@ -78,15 +96,27 @@ def choose_backend(options: EncoderOptions, spec, paths=None, pending: int = 0) 
 def make_encoder(spec, options: EncoderOptions = EncoderOptions(), model=None, paths=None,
                  pending: int = 0) -> Encoder:
     """The encoder of a backend; `model` reuses an already loaded torch model, `paths` holds ONNX exports."""
-    backend = choose_backend(options, spec, paths, pending)
-    if backend == "torch":
-        from .local import LocalEncoder
+    if options.engine == "ray":
+        from .ray import RayEncoder, RayOptions
 
-        return LocalEncoder.load(spec, options, model)
-    if paths is None:
+        return RayEncoder.load(spec, options, RayOptions(options.ray_address, options.ray_workers, options.ray_gpus),
+                               model)
+    if options.engine != "local":
         from ..errors import UserError
 
-        raise UserError(f"The {backend} backend needs a dataset to keep its ONNX export in.")
-    from .onnx import onnx_encoder
+        raise UserError(f"Unknown engine {options.engine!r}.", "Choose local or ray.")
+    backend = choose_backend(options, spec, paths, pending)
+    if backend != "torch":
+        from ..errors import StyleSearchError, UserError
+        from .onnx import onnx_encoder
 
-    return onnx_encoder(paths, spec, options, backend, model)
+        if paths is None:
+            raise UserError(f"The {backend} backend needs a dataset to keep its ONNX export in.")
+        try:
+            return onnx_encoder(paths, spec, options, backend, model)
+        except StyleSearchError:  # e.g. an image tower that cannot be exported: `auto` embeds with torch
+            if options.backend != "auto":
+                raise
+    from .local import LocalEncoder
+
+    return LocalEncoder.load(spec, options, model)

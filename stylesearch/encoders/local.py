@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from . import EncodedBatch, EncoderOptions
+from . import EncodedBatch, EncoderOptions, decode_workers
 from .pixels import Preprocess, load_item
 
 
@@ -70,10 +70,8 @@ class LocalEncoder:
     def encode(self, files: Sequence[Path]) -> Iterator[EncodedBatch]:
         from torch.utils.data import DataLoader
 
-        from .onnx import cpu_count
-
         opts = self.options
-        workers = opts.workers if opts.workers is not None else min(8, cpu_count())
+        workers = decode_workers(opts)
         dataset = _DecodeDataset(files, self.model.preprocess, model_preprocess(self.model))
         loader = DataLoader(dataset, batch_size=opts.batch_size, num_workers=workers, collate_fn=_collate,
                             pin_memory=self.device.startswith("cuda"), prefetch_factor=4 if workers else None)

@@ -8,7 +8,6 @@ anything missing, stale or unreadable, and callers then fall back to torch.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import EncodedBatch, EncoderOptions
+from . import EncodedBatch, EncoderOptions, cpu_count, decode_workers
 from .pixels import Preprocess, load_item
 
 EXPORT_FORMAT = 1  # bump when what an export contains or means changes; older exports are then stale
@@ -82,13 +81,6 @@ def load_export(paths, model_key: str) -> OnnxExport | None:
     return OnnxExport(folder, stamp)
 
 
-def cpu_count() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
 def session(path: Path, single_run: bool = False):
     """An onnxruntime CPU session; `single_run` starts faster (basic graph optimisations, no weight
     prepacking) at the cost of slower runs: right for one query, wrong for embedding."""
@@ -137,10 +129,12 @@ class OnnxImageTower:
 
     def __init__(self, export: OnnxExport, name: str = "image", single_run: bool = False):
         self.preprocess = Preprocess.from_config(export.stamp["towers"]["image"]["preprocess"])
-        self.session = session(export.path(name), single_run)
+        self._path, self._single_run, self._session = export.path(name), single_run, None
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
-        return unit_rows(self.session.run(None, {"pixels": np.ascontiguousarray(pixels, np.float32)})[0])
+        if self._session is None:  # made on first use: after an embedding run has forked its decoders
+            self._session = session(self._path, self._single_run)
+        return unit_rows(self._session.run(None, {"pixels": np.ascontiguousarray(pixels, np.float32)})[0])
 
     def encode_image(self, image) -> np.ndarray:
         """One decoded RGB PIL image -> one unit vector."""
@@ -170,6 +164,7 @@ def decoded_batches(files: Sequence[Path], preprocess: Preprocess, batch_size: i
     finally:
         if pool is not None:
             pool.terminate()
+            pool.join()
 
 
 def _stack(batch):
@@ -190,9 +185,8 @@ class OnnxEncoder:
         self._exact: OnnxImageTower | None = None  # the fp32 tower, while measuring int8 agreement
 
     def encode(self, files: Sequence[Path]) -> Iterator[EncodedBatch]:
-        opts = self.options
-        workers = opts.workers if opts.workers is not None else min(8, cpu_count())
-        for idx, pixels, bad in decoded_batches(files, self.tower.preprocess, opts.batch_size, workers):
+        batches = decoded_batches(files, self.tower.preprocess, self.options.batch_size, decode_workers(self.options))
+        for idx, pixels, bad in batches:
             vectors = self.tower.encode(pixels) if pixels is not None else None
             if vectors is not None and self.backend == "onnx-int8" and len(self._agreement) < AGREEMENT_SAMPLE:
                 self._measure_agreement(pixels, vectors)

@@ -6,6 +6,7 @@ give the same tensor; an export checks this against the model's own transform be
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -98,20 +99,23 @@ def _center_crop_or_pad(img, size: tuple[int, int], fill: int):
     return img.crop((left, top, left + tw, top + th))
 
 
-def decode(path, preprocess: Preprocess | None = None):
-    """Decode an image file for a model: JPEGs are reduced on decode when `preprocess` allows it."""
+def decode(source, preprocess: Preprocess | None = None):
+    """Decode an image for a model: JPEG files are reduced on decode when `preprocess` allows it
+    (in-archive members and bytes are decoded whole: their header would be read twice)."""
     from ..images import image_size, load_rgb
 
-    draft = preprocess.draft_side(*image_size(path)) if preprocess is not None else None
-    return load_rgb(path, draft=draft)
+    draft = None
+    if preprocess is not None and isinstance(source, (str, os.PathLike)):
+        draft = preprocess.draft_side(*image_size(source))
+    return load_rgb(source, draft=draft)
 
 
-def load_item(path, transform, draft: Preprocess | None = None):
+def load_item(source, transform, draft: Preprocess | None = None):
     """(transform(image), None) for a decodable file, else (None, the reason): one bad file never stops a run."""
     from ..images import BadImage
 
     try:
-        return transform(decode(path, draft)), None
+        return transform(decode(source, draft)), None
     except BadImage as exc:
         return None, exc.message
     except OSError as exc:

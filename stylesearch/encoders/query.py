@@ -54,11 +54,16 @@ class TorchQueryEncoder:
 
 
 class OnnxQueryEncoder:
-    """Queries through the dataset's ONNX export; torch for a tower it lacks or that fails to run."""
+    """Queries through the dataset's ONNX export; torch for a tower it lacks or that fails to run.
+
+    A tower's first query gets a session that starts fast; a second query (a long-lived process:
+    the server, tagging) replaces it with one that runs fast.
+    """
 
     def __init__(self, export, fallback: TorchQueryEncoder):
         self.export, self.fallback = export, fallback
         self._towers: dict = {}  # name -> tower, or None when unusable
+        self._uses: dict[str, int] = {}
 
     @property
     def text_id(self) -> str:
@@ -68,11 +73,12 @@ class OnnxQueryEncoder:
 
     def _run(self, name: str, make, call):
         """call(tower), or None when the tower is missing or onnxruntime fails (then torch answers)."""
-        if name not in self._towers:
+        uses = self._uses[name] = self._uses.get(name, 0) + 1
+        if uses <= 2 and self._towers.get(name, True) is not None:
             self._towers[name] = None
             if self.export.tower(name) is not None:
                 try:
-                    self._towers[name] = make()
+                    self._towers[name] = make(uses == 1)
                 except Exception as exc:  # onnxruntime missing, file damaged, ...: torch is always correct
                     log.debug("ONNX %s tower unusable, using torch: %s", name, exc)
         tower = self._towers[name]
@@ -88,13 +94,14 @@ class OnnxQueryEncoder:
     def encode_text(self, texts: list[str]) -> np.ndarray:
         from .onnx import OnnxTextTower
 
-        out = self._run("text", lambda: OnnxTextTower(self.export), lambda t: t.encode(texts))
+        out = self._run("text", lambda quick: OnnxTextTower(self.export, quick), lambda t: t.encode(texts))
         return out if out is not None else self.fallback.encode_text(texts)
 
     def encode_image(self, image) -> np.ndarray:
         from .onnx import OnnxImageTower
 
-        out = self._run("image", lambda: OnnxImageTower(self.export, single_run=True), lambda t: t.encode_image(image))
+        out = self._run("image", lambda quick: OnnxImageTower(self.export, single_run=quick),
+                        lambda t: t.encode_image(image))
         return out if out is not None else self.fallback.encode_image(image)
 
 

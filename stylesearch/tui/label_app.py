@@ -2,6 +2,8 @@
 
 Keys: A/← left more similar, B/→ right, S too similar, D anchor too different,
 Space don't know, U undo, Q quit. Every judgment is appended to triplets.jsonl at once.
+The option the current metric would pick is marked; when the session says a retrain is due,
+a worker thread refits the metric (labelling.LabelSession.retrain) while you go on judging.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class Pane(Vertical):
     DEFAULT_CSS = """
     Pane { width: 1fr; height: 1fr; border: round $panel; padding: 0 1; }
     Pane.anchor { border: round $accent; }
+    Pane.picked { border: round $success; }
     Pane .title { text-style: bold; width: 100%; content-align: center middle; }
     Pane .caption { width: 100%; height: 2; content-align: center middle; color: $text-muted; }
     Pane .picture { width: 100%; height: 1fr; }
@@ -35,10 +38,12 @@ class Pane(Vertical):
         yield self._image_widget(None, classes="picture")
         yield Static("", classes="caption")
 
-    def show(self, image_path, caption: str) -> None:
+    def show(self, image_path, caption: str, picked: bool = False) -> None:
         picture = self.query_one(".picture")
         picture.image = letterbox(image_path, picture.size.width, picture.size.height) if image_path else None
         self.query_one(".caption", Static).update(caption)
+        self.query_one(".title", Static).update(f"{self._title}  ◆ metric's pick" if picked else self._title)
+        self.set_class(picked, "picked")
 
 
 def letterbox(image_path, cells_wide: int, cells_high: int, background=(18, 18, 18)):
@@ -68,6 +73,7 @@ class LabelApp(App):
     TITLE = "stylesearch label"
     CSS = """
     #panes { height: 1fr; }
+    #guess { height: 1; padding: 0 1; color: $text-muted; }
     #status { height: 1; padding: 0 1; background: $boost; }
     #message { height: 1; padding: 0 1; color: $warning; }
     """
@@ -88,6 +94,7 @@ class LabelApp(App):
         self.session = session
         self.image_widget = image_widget
         self.strategy = strategy
+        self.retraining = False
         self.sub_title = f"{session.paths.name} · {session.model_key}"
 
     def compose(self) -> ComposeResult:
@@ -97,11 +104,13 @@ class LabelApp(App):
             yield Pane("Anchor", self.image_widget, id="anchor", classes="anchor")
             yield Pane("Right (B/→)", self.image_widget, id="right")
         yield Static("", id="message")
+        yield Static("", id="guess")
         yield Static("", id="status")
         yield Footer()
 
     def on_mount(self) -> None:
         self.call_after_refresh(self.refresh_view)
+        self.maybe_retrain()
 
     def on_resize(self) -> None:
         self.call_after_refresh(self.refresh_view)
@@ -115,12 +124,28 @@ class LabelApp(App):
             message = message or "No unseen triplets left: press Q to quit (or U to undo)."
         else:
             anchor, left, right = current
-            left_score, right_score = option_scores(self.session)
+            scores = dict(zip(("left", "right"), option_scores(self.session)))
+            pick = self.session.guess()[0]
             panes["anchor"].show(self.session.image_path(anchor), anchor)
-            panes["left"].show(self.session.image_path(left), f"{left}  score {left_score:.3f}")
-            panes["right"].show(self.session.image_path(right), f"{right}  score {right_score:.3f}")
+            for side, path in (("left", left), ("right", right)):
+                panes[side].show(self.session.image_path(path), f"{path}  score {scores[side]:.3f}", side == pick)
         self.query_one("#message", Static).update(message)
+        self.query_one("#guess", Static).update(self.guess_line())
         self.query_one("#status", Static).update(self.status_line())
+
+    def guess_line(self) -> str:
+        """What the metric would answer, and how often it answered as you did."""
+        pick, sure = self.session.guess()
+        st = self.session.status()
+        parts = [f"metric picks {pick}" + (f" ({sure:.0%} sure)" if sure is not None else "")
+                 if pick else "metric has no preference"]
+        if st["guesses"]:
+            parts.append(f"it guessed {st['guessed_right']} of your last {st['guesses']} A/B answers")
+        if self.retraining:
+            parts.append("retraining…")
+        elif st["retrained_at"] is not None:
+            parts.append(f"retrained on {st['retrained_at']} judgments")
+        return " · ".join(parts)
 
     def status_line(self) -> str:
         st = self.session.status()
@@ -133,6 +158,27 @@ class LabelApp(App):
     def action_choose(self, choice: str) -> None:
         if self.session.judge(choice) is not None:
             self.refresh_view()
+            self.maybe_retrain()
+
+    def maybe_retrain(self) -> None:
+        """Refit in a worker thread when the session says so (one at a time)."""
+        if self.retraining or not self.session.retrain_due():
+            return
+        self.retraining = True
+        self.run_worker(self._retrain, thread=True, exit_on_error=False, group="retrain")
+
+    def _retrain(self) -> None:
+        try:
+            self.session.retrain()
+            note = ""
+        except Exception as exc:  # noqa: BLE001 - keep labelling with the previous metric
+            note = f"Retraining failed ({exc}); keeping the previous metric."
+        self.call_from_thread(self._retrained, note)
+
+    def _retrained(self, note: str) -> None:
+        self.retraining = False
+        self.refresh_view(note)
+        self.maybe_retrain()
 
     def action_undo(self) -> None:
         record = self.session.undo()

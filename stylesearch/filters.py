@@ -31,7 +31,8 @@ GRAMMAR_HINT = ("Filters are FIELD OP VALUE with OP one of = != < <= > >=, or FI
 class Clause:
     field: str
     op: str  # = != < <= > >= in not in exists
-    values: tuple = ()
+    values: tuple = ()  # typed: numbers for numeric-looking bare words, else text
+    texts: tuple = ()  # the values exactly as written (007 and 1.10 also match those texts)
 
     def __str__(self) -> str:
         if self.op == "exists":
@@ -54,30 +55,33 @@ def _number(text: str):
     return int(value) if value.is_integer() and re.fullmatch(r"[+-]?\d+", text) else value
 
 
-def _value(expr: str, pos: int) -> tuple[object, int]:
+def _value(expr: str, pos: int) -> tuple[object, str, int]:
+    """(typed value, its text as written, the position after it)."""
     m = _VALUE.match(expr, pos)
     if not m or m.end() == pos:
         raise _fail(expr, pos, "expected a value")
     quoted = m.group(1) if m.group(1) is not None else m.group(2)
     if quoted is not None:
-        return re.sub(r"\\(.)", r"\1", quoted), m.end()
+        text = re.sub(r"\\(.)", r"\1", quoted)
+        return text, text, m.end()
     if m.group(3)[0] in "<>=!":
         raise _fail(expr, m.start(3), f"unexpected {m.group(3)[0]!r} (quote a value that starts with it)")
-    return _number(m.group(3)), m.end()
+    return _number(m.group(3)), m.group(3), m.end()
 
 
-def _list(expr: str, pos: int) -> tuple[tuple, int]:
+def _list(expr: str, pos: int) -> tuple[tuple, tuple, int]:
     if pos >= len(expr) or expr[pos] != "(":
         raise _fail(expr, pos, "expected '(' to start a list")
-    values, pos = [], pos + 1
+    values, texts, pos = [], [], pos + 1
     while True:
-        value, pos = _value(expr, pos)
+        value, text, pos = _value(expr, pos)
         values.append(value)
+        texts.append(text)
         if pos < len(expr) and expr[pos] == ",":
             pos += 1
             continue
         if pos < len(expr) and expr[pos] == ")":
-            return tuple(values), pos + 1
+            return tuple(values), tuple(texts), pos + 1
         raise _fail(expr, pos, "expected ',' or ')'")
 
 
@@ -93,15 +97,15 @@ def parse_clause(expr: str) -> Clause:
     op = re.sub(r"\s+", " ", op_match.group(1).lower()).replace("==", "=")
     pos = op_match.end()
     if op == "exists":
-        values: tuple = ()
+        values, texts = (), ()
     elif op in ("in", "not in"):
-        values, pos = _list(expr, pos)
+        values, texts, pos = _list(expr, pos)
     else:
-        value, pos = _value(expr, pos)
-        values = (value,)
+        value, text, pos = _value(expr, pos)
+        values, texts = (value,), (text,)
     if expr[pos:].strip():
         raise _fail(expr, pos + len(expr[pos:]) - len(expr[pos:].lstrip()), "unexpected text")
-    return Clause(field, op, values)
+    return Clause(field, op, values, texts)
 
 
 def parse_filters(exprs: list[str]) -> list[Clause]:
@@ -117,11 +121,11 @@ def check_fields(clauses: list[Clause], known_metadata: set[str]) -> None:
                             f"Known fields: {', '.join(sorted(known))}.")
 
 
-def _meta_condition(op: str, value) -> tuple[str, list]:
+def _meta_condition(op: str, value, text: str) -> tuple[str, list]:
     if op == "=":
         if isinstance(value, (int, float)):
-            return "(value_num = ? OR value_text = ? COLLATE NOCASE)", [value, str(value)]
-        return "value_text = ? COLLATE NOCASE", [str(value)]
+            return "(value_num = ? OR value_text = ? COLLATE NOCASE)", [value, text]
+        return "value_text = ? COLLATE NOCASE", [text]
     if isinstance(value, (int, float)):
         return f"value_num {op} ?", [value]
     return f"value_text {op} ? COLLATE NOCASE", [str(value)]
@@ -142,7 +146,7 @@ def _positive(clause: Clause, op: str) -> tuple[str, list]:
         return "(" + " OR ".join(p for p, _ in parts) + ")", [a for _, args in parts for a in args]
     if op == "exists":
         return "id IN (SELECT item_id FROM item_meta WHERE key = ?)", [clause.field]
-    parts = [_meta_condition("=" if op == "in" else op, v) for v in clause.values]
+    parts = [_meta_condition("=" if op == "in" else op, v, t) for v, t in zip(clause.values, clause.texts)]
     sql = " OR ".join(p for p, _ in parts)
     return f"id IN (SELECT item_id FROM item_meta WHERE key = ? AND ({sql}))", [
         clause.field, *[a for _, args in parts for a in args]]

@@ -169,6 +169,7 @@ def check_recall(paths: DatasetPaths, model_key: str, sample: int = 200, k: int 
 
 
 def _space(metric: Metric, vectors: np.ndarray) -> np.ndarray:
+    """Vectors in the index's space (the metric's Euclidean space, or raw), contiguous float32 for FAISS."""
     return np.ascontiguousarray(metric.to_euclidean(vectors) if metric.learned else vectors, dtype=np.float32)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from .catalog import open_catalog
 from .errors import NotReady, UserError
-from .index import IVF_KINDS, KINDS, RAW_SPACE, load_index, metric_space
+from .index import IVF_KINDS, KINDS, RAW_SPACE, _space, load_index, metric_space
 from .index_plan import CHUNK, IndexPlan, choose_plan, format_bytes
 from .metric import Metric, load_metric
 from .progress import Progress, or_null
@@ -98,9 +98,12 @@ def _incremental_plan(paths: DatasetPaths, model_key: str, target: Target, ids, 
     stale = old_pairs - new_pairs
     to_add = np.array([(i, k) not in old_pairs for i, k in zip(ids.tolist(), keys.tolist())], dtype=bool)
     changed = {i for i, _ in stale} & {int(i) for i in ids[to_add]}
-    if len(stale) > 0.2 * max(1, len(old_pairs)) or (kind == "hnsw" and changed):
+    # Only a flat index removes entries in place (HNSW cannot, and removing from an IVF index inside
+    # IndexIDMap2 leaves the id map out of step with the lists): the others keep deleted entries,
+    # which searches skip, and are rebuilt when an item's content changed or too much went stale.
+    removable = kind == "flat"
+    if len(stale) > 0.2 * max(1, len(old_pairs)) or (changed and not removable):
         return None
-    removable = kind != "hnsw"
     return old, to_add, np.array(sorted(i for i, _ in stale), dtype=np.int64) if removable else None, members
 
 
@@ -136,12 +139,6 @@ def _write(paths, catalog, model, metric: Metric, ids, keys, target: Target, ful
         mode = f"incremental (+{int(to_add.sum())})"
     progress.finish()
     return _save(paths, model, index, member_ids, member_keys, target, mode, time.monotonic() - started)
-
-
-def _space(metric: Metric, vectors: np.ndarray) -> np.ndarray:
-    """Vectors in the index's space, contiguous float32 as FAISS wants them."""
-    out = metric.to_euclidean(vectors) if metric.learned else vectors
-    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def default_nprobe(plan: IndexPlan) -> int:

@@ -32,6 +32,7 @@ HNSW_M = 32
 PQ_BYTES = 64
 OPQ_MIN_COUNT = 65_536
 MAX_TRAIN = 300_000
+MIN_TRAIN = 256
 CHUNK = 50_000  # vectors read from the catalog and added per step
 
 
@@ -110,6 +111,9 @@ def _plan(kind: str, dim: int, count: int) -> IndexPlan:
 def choose_plan(kind: str, dim: int, count: int, max_memory: int | None = None) -> IndexPlan:
     """The plan for a requested kind ("auto" chooses by the table above) within the memory budget."""
     budget = memory_budget(max_memory)
+    if kind in ("ivf", "ivfsq", "ivfpq") and count < MIN_TRAIN:
+        raise UserError(f"An {kind} index learns its lists from the vectors; {count} are too few (at least "
+                        f"{MIN_TRAIN}).", "Use a flat index (exact search) for a collection this small.")
     if kind != "auto":
         plan = _plan(kind, dim, count)
         if plan.peak_bytes() > budget:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import io
 import json
 import re
@@ -19,8 +20,11 @@ from .catalog import open_catalog
 from .errors import UserError
 from .storage import DatasetPaths, writer_lock
 
-KEY_COLUMNS = ("path", "item_id", "id", "url", "source_url")  # how a metadata row names its item, by preference
+# How a metadata row names its item, by preference: an `id` column is the catalog's item id only when
+# nothing else names the item (in a downloaded catalogue `id` is the source's own id, `url` names the item).
+KEY_COLUMNS = ("path", "item_id", "url", "source_url", "id")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_LEADING_ZERO = re.compile(r"[+-]?0\d")  # 007, 02139: codes, kept as text
 
 
 def typed_value(text: str):
@@ -28,9 +32,11 @@ def typed_value(text: str):
     value = text.strip()
     if value == "":
         return None
-    if _NUMBER.fullmatch(value):
+    if _NUMBER.fullmatch(value) and not _LEADING_ZERO.match(value):
         number = float(value)
-        return int(value) if re.fullmatch(r"[+-]?\d+", value) and abs(number) < 2**63 else number
+        if re.fullmatch(r"[+-]?\d+", value):
+            return int(value) if abs(int(value)) < 2**53 else value  # beyond 2^53: exact only as text
+        return number if math.isfinite(number) else value
     if value.lower() in ("true", "false"):
         return value.lower() == "true"
     if value[0] in "[{":

@@ -11,20 +11,22 @@ from .progress import Progress
 from .projection import UmapOptions, project_dataset, render_map
 from .samples import write_samples
 from .search import Term, search
-from .storage import DatasetPaths, writer_lock
+from .storage import DatasetPaths, read_json, writer_lock
 from .transform import TransformOptions, transform_dataset
 
 DEMO_FALLBACK = ModelSpec("stylesearch-tiny", RANDOM)
 
 
-def reindex(paths: DatasetPaths, spec: ModelSpec, kind: str = "auto", options: EmbedOptions = EmbedOptions(),
+def reindex(paths: DatasetPaths, spec: ModelSpec, kind: str | None = None, options: EmbedOptions = EmbedOptions(),
             wait: float = 0.0, progress: Progress | None = None) -> dict:
     """Embed new content and update the index under one writer lock; returns a summary.
 
-    Raises DatasetBusy at once (or after `wait` seconds) when another writer holds the lock.
+    Without `kind`, an existing index keeps the kind it was built with (else auto). Raises
+    DatasetBusy at once (or after `wait` seconds) when another writer holds the lock.
     """
     with writer_lock(paths, wait):
         embedded = embed_dataset(paths, spec, options=options, progress=progress, lock=False)
+        kind = kind or (read_json(paths.index_sidecar(spec.key)) or {}).get("kind", "auto")
         meta = build_index(paths, spec.key, kind, progress=progress, lock=False)
     return {**embedded.as_dict(), "index_kind": meta["kind"], "index_count": meta["count"],
             "index_mode": meta["mode"], "warnings": embedded.warnings}

@@ -69,9 +69,9 @@ def walk_image_folder(folder: Path) -> Walk:
 
 def relative_name(images_dir: Path, file: Path) -> str:
     """Catalog path of a file: relative to images/ when inside it, else absolute."""
-    file = file.absolute()
+    file = Path(os.path.normpath(file.absolute()))  # no '..' in catalog paths
     try:
-        return file.relative_to(images_dir.absolute()).as_posix()
+        return file.relative_to(os.path.normpath(images_dir.absolute())).as_posix()
     except ValueError:
         return str(file)
 

@@ -81,13 +81,16 @@ class Searcher:
         self.spec = spec or resolve_spec(paths, embedded_only=True)
         self.model_key = self.spec.key
         self.catalog = open_catalog(paths, readonly=True)
-        model_meta = self.catalog.model(self.model_key)
-        if model_meta is None:
+        try:
+            model_meta = self.catalog.model(self.model_key)
+            if model_meta is None:
+                raise NotReady(f"Dataset {paths.name!r} has no embeddings of {self.model_key}.",
+                               "Embed it with that model first.", dataset=paths.name, step="embed")
+            self.index = load_index(paths, self.model_key, effort)
+            self.metric = load_metric(paths, self.model_key, raw=raw, dim=model_meta["dim"])
+        except BaseException:
             self.catalog.close()
-            raise NotReady(f"Dataset {paths.name!r} has no embeddings of {self.model_key}.",
-                           "Embed it with that model first.", dataset=paths.name, step="embed")
-        self.index = load_index(paths, self.model_key, effort)
-        self.metric = load_metric(paths, self.model_key, raw=raw, dim=model_meta["dim"])
+            raise
         self.device = device
         self._encoder: QueryEncoder | None = encoder  # a warm one can be shared between searchers
         self._vectors: tuple[np.ndarray, np.ndarray] | None = None

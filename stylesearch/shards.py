@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import os
 import tarfile
 from dataclasses import dataclass
@@ -27,10 +28,14 @@ def is_shard_name(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(SHARD_SUFFIXES)
 
 
+_MEMBER_PATH = re.compile(r"^(.*?\.tar)#(.+)$", re.I | re.S)
+
+
 def split_member_path(item_path: str) -> tuple[str, str] | None:
-    """(shard path, member name) of an item path naming a shard member, else None."""
-    shard, sep, member = item_path.partition(SEPARATOR)
-    return (shard, member) if sep and member and is_shard_name(os.path.basename(shard)) else None
+    """(shard path, member name) of an item path naming a shard member (split after the first `.tar#`,
+    so folders may contain '#'), else None."""
+    m = _MEMBER_PATH.match(item_path)
+    return (m.group(1), m.group(2)) if m and is_shard_name(os.path.basename(m.group(1))) else None
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ def _fake_dataset(tmp_path, n, dim=32, name="vec"):
     return vector_catalog(tmp_path, name, vectors), vectors
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivfpq"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", pytest.param("ivfpq", marks=pytest.mark.slow)])
 def test_index_kinds_have_reasonable_recall(tmp_path, kind):
     paths, _ = _fake_dataset(tmp_path, 3000)
     meta = build_index(paths, "m", kind)

@@ -70,3 +70,21 @@ def test_cli_max_memory(cli, root):
     assert cli.json("index", "plans", "--max-memory", "4G", "--json")["kind"] == "flat"
     proc = cli("index", "plans", "--kind", "flat", "--max-memory", "100K", check=False)
     assert proc.returncode == 2 and "needs about" in proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_deleted_items_never_scramble_ids_after_an_incremental_update(tmp_path, kind):
+    paths, vectors = _dataset(tmp_path, n=2000)
+    build_index(paths, "m", kind)
+    with open_catalog(paths) as cat, cat.transaction():
+        cat.set_status([5, 6], "deleted")
+    again = build_index(paths, "m", kind)
+    assert again["mode"].startswith("incremental")
+    loaded = load_index(paths, "m")
+    _, found = loaded.search(vectors[[99, 499, 1499]], 1)
+    assert found[:, 0].tolist() == [100, 500, 1500]  # item i+1 has vector row i
+
+
+def test_trained_kinds_refuse_tiny_collections():
+    with pytest.raises(UserError, match="too few"):
+        choose_plan("ivfpq", 32, 10, 1 << 30)

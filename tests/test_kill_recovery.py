@@ -55,6 +55,7 @@ def check_catalog(paths) -> None:
         assert len(paths_) == len(set(paths_))
 
 
+@pytest.mark.slow  # builds a 40k index five times
 def test_index_killed_mid_write_leaves_nothing_behind(tmp_path):
     n, dim = 40_000, 64
     paths = vector_catalog(tmp_path, "killidx", unit_rows(n, dim))

@@ -195,3 +195,37 @@ def test_zero_shot_tagging_is_incremental(tmp_path):
     for bad in ("style", "=a,b", "style=onlyone", "bad name=a,b"):
         with pytest.raises(UserError):
             parse_attribute(bad)
+
+
+def test_typed_values_keep_what_numbers_would_lose():
+    from stylesearch.metadata import typed_value
+
+    assert [typed_value(v) for v in ("12", "2.50", "-3", "1e3", "true", '["a"]', "")] == [12, 2.5, -3, 1000.0, True,
+                                                                                             ["a"], None]
+    for text in ("02139", "007", "12345678901234567890", "1e400", "0x1F", "1,5"):
+        assert typed_value(text) == text
+
+
+def test_filter_values_match_as_written_and_as_numbers(tmp_path):
+    paths, _ = feed_dataset(tmp_path, "lit", n=4)
+    with open_catalog(paths) as cat, cat.transaction():
+        cat.set_metadata(1, {"sku": "007", "version": "1.10"})
+        cat.set_metadata(2, {"sku": 7, "version": 1.1})
+    rows = lambda where: sorted(r["id"] for r in search(paths, [Term(1.0, "like", "3")], k=5,
+                                                        filters=parse_filters([where])))
+    assert rows("sku=007") == [1, 2] and rows("sku='007'") == [1] and rows("version=1.10") == [1, 2]
+
+
+def test_meta_prefers_the_url_over_a_source_id(tmp_path):
+    from stylesearch.metadata import attach_metadata
+
+    paths, _ = feed_dataset(tmp_path, "urls", n=4)
+    with open_catalog(paths) as cat, cat.transaction():
+        cat.upsert_item("0.jpg", source_url="http://x/a.jpg")
+        cat.upsert_item("2.jpg", source_url="http://x/b.jpg")
+    result = attach_metadata(paths, [{"url": "http://x/a.jpg", "id": 3, "brand": "A"},
+                                     {"url": "http://x/b.jpg", "id": 1, "brand": "B"}])
+    assert result.updated == 2
+    with open_catalog(paths, readonly=True) as cat:
+        meta = cat.metadata([1, 3])
+    assert meta[1]["brand"] == "A" and meta[3]["brand"] == "B" and meta[1]["id"] == 3

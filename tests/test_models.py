@@ -16,6 +16,8 @@ from stylesearch.models import ModelSpec, load_model
 
 from .conftest import TINY, make_dataset
 
+pytestmark = pytest.mark.slow  # every test here loads open_clip
+
 CONFIG = json.loads((__import__("pathlib").Path(__file__).parent.parent
                      / "stylesearch" / "model_configs" / f"{TINY}.json").read_text())
 

@@ -80,3 +80,27 @@ def test_truncated_shard_keeps_what_was_catalogued(tmp_path):
         statuses = {it.path: it.status for it in cat.items(status=None)}
     assert result.deleted == 0 and result.unreadable == 1
     assert list(statuses.values()) == ["ok", "ok", "ok"]
+
+
+def test_member_paths_split_after_the_first_tar(tmp_path):
+    from stylesearch.shards import split_member_path
+
+    assert split_member_path("batch#2/00000.tar#000.png") == ("batch#2/00000.tar", "000.png")
+    assert split_member_path("a.TAR#x#y.jpg") == ("a.TAR", "x#y.jpg")
+    assert split_member_path("photo#1.jpg") is None
+    paths = dataset_paths("hash", tmp_path)
+    create_dataset(paths)
+    write_shard(paths.images / "batch#2" / "00000.tar", ["k"])
+    with open_catalog(paths) as cat:
+        assert scan(cat).new == 1
+        item = cat.items()[0]
+    assert load_rgb(paths.item_file(item.path)).size == (64, 48)
+
+
+def test_catalog_paths_have_no_dot_dot(tmp_path):
+    from stylesearch.scan import relative_name
+
+    images = tmp_path / "images"
+    assert relative_name(images, images / "a" / ".." / "b.jpg") == "b.jpg"
+    outside = relative_name(images, images / ".." / "elsewhere" / "c.jpg")
+    assert outside == str(tmp_path / "elsewhere" / "c.jpg")

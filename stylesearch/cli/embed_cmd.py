@@ -96,7 +96,7 @@ def reindex(
     dataset: str = typer.Argument(..., help="Dataset name."),
     model: Optional[str] = model_option(),
     pretrained: Optional[str] = pretrained_option(),
-    kind: Kind = typer.Option("auto", "--kind"),
+    kind: Optional[Kind] = typer.Option(None, "--kind", help="Index kind (default: the existing index's, else auto)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for another writer before giving up."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
@@ -108,7 +108,7 @@ def reindex(
 
     paths = existing_dataset(dataset, STATE.root)
     spec = choose_model(paths, model, pretrained, embedded_only=False)
-    result = run_reindex(paths, spec, kind.value, EmbedOptions(device=device), wait)
+    result = run_reindex(paths, spec, kind.value if kind else None, EmbedOptions(device=device), wait)
     warnings = result.pop("warnings")
     if STATE.verbose:
         warn_list(warnings)

@@ -27,7 +27,9 @@ class TermsCommand(TyperCommand):
     def parse_args(self, ctx, args: list[str]) -> list[str]:
         rest = super().parse_args(ctx, self._escape_terms(args))
         for name, value in ctx.params.items():
-            if isinstance(value, (list, tuple)):
+            if isinstance(value, str) and value.startswith(_ESCAPE):
+                ctx.params[name] = value.removeprefix(_ESCAPE)
+            elif isinstance(value, (list, tuple)):
                 ctx.params[name] = type(value)(v.removeprefix(_ESCAPE) if isinstance(v, str) else v for v in value)
         return rest
 

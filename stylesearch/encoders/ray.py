@@ -111,6 +111,7 @@ class RayEncoder:
         self.key, self.dim = spec.key, model.dim
         self.preprocess = model.preprocess  # the model's own transforms: the same vectors as the local engine
         self.device = "cuda" if ray_options.gpus_per_worker > 0 else "cpu"
+        self.started_here = not _import_ray().is_initialized()  # then it is shut down after encoding
         self.ray = connect(ray_options)
 
     @classmethod
@@ -148,9 +149,13 @@ class RayEncoder:
                             batch_size=opts.batch_size, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=ropts.num_workers),
                             num_gpus=ropts.gpus_per_worker, num_cpus=self._actor_cpus())
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-            errors = batch["error"]
-            good = [n for n, e in enumerate(errors) if not e]
-            yield EncodedBatch([int(batch["i"][n]) for n in good],
-                               batch["vector"][good] if good else None,
-                               [(int(batch["i"][n]), str(e)) for n, e in enumerate(errors) if e])
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+                errors = batch["error"]
+                good = [n for n, e in enumerate(errors) if not e]
+                yield EncodedBatch([int(batch["i"][n]) for n in good],
+                                   batch["vector"][good] if good else None,
+                                   [(int(batch["i"][n]), str(e)) for n, e in enumerate(errors) if e])
+        finally:
+            if self.started_here:
+                self.ray.shutdown()

@@ -1,5 +1,7 @@
 """HTTP fetching for downloads and query images: URL checks, one total deadline per request,
 redirects checked on every hop, size limit, retries with backoff, per-host politeness.
+`public_only` (the server's query images) also refuses hosts that resolve to loopback, private,
+link-local or reserved addresses, checked on every connection (redirects too), and uses no proxy.
 
 Only http(s) is ever requested: URLs are validated before fetching and every redirect target is
 checked again. A request attempt ends by its deadline however slowly a server sends headers or body.
@@ -10,8 +12,10 @@ from __future__ import annotations
 import functools
 import http.client
 import io
+import ipaddress
 import random
 import re
+import socket
 import string
 import threading
 import time
@@ -35,6 +39,7 @@ class FetchOptions:
     backoff: float = 0.5
     timeout: float = 20.0  # total seconds per request attempt: connect, headers, redirects and body
     max_bytes: int = 50 << 20
+    public_only: bool = False  # refuse non-public addresses (every hop), no proxy: for a server's fetches
 
 
 class FetchError(Exception):
@@ -45,6 +50,13 @@ class FetchError(Exception):
         self.reason = reason
         self.transient = transient
         self.retry_after: float | None = None
+
+
+class AddressRefused(FetchError):
+    """The URL's host resolves to an address a `public_only` fetch must not reach."""
+
+    def __init__(self, reason: str = "refused: the host is not a public address"):
+        super().__init__(reason, transient=False)
 
 
 class HostGate:
@@ -88,6 +100,42 @@ def _wire_url(url: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=quote(parts.path, safe=string.punctuation),
                                      query=quote(parts.query, safe=string.punctuation), fragment=""))
+
+
+def address_refused(address: str) -> bool:
+    """True for loopback, private, link-local, reserved, multicast, unspecified and other non-global
+    addresses (an IPv4 address mapped into IPv6 is judged as IPv4)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return True
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_reserved or ip.is_multicast
+            or ip.is_unspecified or not ip.is_global)
+
+
+def _public_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None):
+    """socket.create_connection that first resolves the host and refuses it unless every address it
+    resolves to is public; then connects to those checked addresses (no second lookup to rebind)."""
+    host, port = address
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos or any(address_refused(str(info[4][0])) for info in infos):
+        raise AddressRefused()
+    last: OSError | None = None
+    for family, kind, proto, _, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+    raise last or OSError("no address to connect to")
 
 
 # ---------------------------------------------------------------- HTTP with a total deadline
@@ -134,9 +182,11 @@ class _DeadlineReader(io.RawIOBase):
 class _DeadlineConnection:
     """Mixin for http.client connections: connecting and every read end by the deadline."""
 
-    def __init__(self, *args, deadline: _Deadline, **kwargs):
+    def __init__(self, *args, deadline: _Deadline, public_only: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self._deadline = deadline
+        if public_only:
+            self._create_connection = _public_connection
 
     def connect(self) -> None:
         self.timeout = self._deadline.remaining()
@@ -156,15 +206,17 @@ _HTTPSConnection = type("_HTTPSConnection", (_DeadlineConnection, http.client.HT
 class _DeadlineHandler(urllib.request.AbstractHTTPHandler):
     """urllib's http and https handlers, with connections that keep the request's deadline."""
 
-    def __init__(self, deadline: _Deadline):
+    def __init__(self, deadline: _Deadline, public_only: bool = False):
         super().__init__()
-        self._deadline = deadline
+        self._deadline, self._public_only = deadline, public_only
 
     def http_open(self, req):
-        return self.do_open(functools.partial(_HTTPConnection, deadline=self._deadline), req)
+        return self.do_open(functools.partial(_HTTPConnection, deadline=self._deadline,
+                                              public_only=self._public_only), req)
 
     def https_open(self, req):
-        return self.do_open(functools.partial(_HTTPSConnection, deadline=self._deadline), req)
+        return self.do_open(functools.partial(_HTTPSConnection, deadline=self._deadline,
+                                              public_only=self._public_only), req)
 
     http_request = https_request = urllib.request.AbstractHTTPHandler.do_request_
 
@@ -187,10 +239,12 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
-def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
-    """Only http(s) handlers: other schemes fail as unknown even if a redirect slipped through."""
+def _opener(deadline: _Deadline, public_only: bool = False) -> urllib.request.OpenerDirector:
+    """Only http(s) handlers: other schemes fail as unknown even if a redirect slipped through.
+    `public_only`: no proxy (each connection's own address is what gets checked)."""
     opener = urllib.request.OpenerDirector()
-    for handler in (urllib.request.ProxyHandler(), _DeadlineHandler(deadline), _RedirectHandler(),
+    proxies = urllib.request.ProxyHandler({} if public_only else None)
+    for handler in (proxies, _DeadlineHandler(deadline, public_only), _RedirectHandler(),
                     urllib.request.HTTPDefaultErrorHandler(),
                     urllib.request.HTTPErrorProcessor(), urllib.request.UnknownHandler()):
         opener.add_handler(handler)
@@ -208,13 +262,14 @@ def _read_limited(resp, max_bytes: int, deadline: _Deadline) -> bytes:
     return b"".join(chunks)
 
 
-def fetch_once(url: str, timeout: float, max_bytes: int) -> bytes:
-    """One GET that takes at most `timeout` seconds in all (connect, headers, redirects, body)."""
+def fetch_once(url: str, timeout: float, max_bytes: int, public_only: bool = False) -> bytes:
+    """One GET that takes at most `timeout` seconds in all (connect, headers, redirects, body);
+    `public_only`: AddressRefused for a host (or redirect target) that is not a public address."""
     deadline = _Deadline(timeout)
     try:
         request = urllib.request.Request(_wire_url(url), headers={"User-Agent": USER_AGENT,
                                                                   "Accept": "image/*,*/*;q=0.5"})
-        with _opener(deadline).open(request, timeout=timeout) as resp:
+        with _opener(deadline, public_only).open(request, timeout=timeout) as resp:
             return _read_limited(resp, max_bytes, deadline)
     except FetchError:
         raise
@@ -251,7 +306,7 @@ def fetch_with_retries(url: str, options: FetchOptions) -> bytes:
     """Fetch a URL, retrying transient failures (429/5xx/timeouts); raises the last FetchError."""
     for attempt in range(options.retries + 1):
         try:
-            return fetch_once(url, options.timeout, options.max_bytes)
+            return fetch_once(url, options.timeout, options.max_bytes, options.public_only)
         except FetchError as exc:
             if not exc.transient or attempt == options.retries:
                 raise

@@ -111,6 +111,10 @@ class Searcher:
         """The query encoder if one was made (a like-only search makes none)."""
         return self._encoder
 
+    def use_encoder(self, encoder: QueryEncoder) -> None:
+        """Share an encoder already loaded elsewhere (one model in memory for many searchers)."""
+        self._encoder = encoder
+
     def term_vector(self, term: Term) -> np.ndarray:
         if term.kind == "like":
             return self.catalog.vector_for_item(self.model_key, self.catalog.item(term.value))

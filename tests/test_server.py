@@ -285,6 +285,204 @@ def test_labelling_session_judge_and_undo(client, root):
     assert c.get("/api/datasets/pics/label?session=../x").status_code == 400
 
 
+def test_cross_site_and_non_json_posts_are_refused(client, root):
+    """What any web page can send to a token-less loopback server without CORS (text/plain or form
+    bodies, or any request carrying a foreign Origin) is refused; the page and the CLI still work."""
+    from stylesearch.judgments import read_log
+
+    paths, _ = feed_dataset(root, "a", n=20)
+    c = client()
+    url, body = "/api/datasets/a/search", json.dumps({"likes": ["1"], "k": 3})
+    evil = {"origin": "http://evil.example"}
+    judgment = {"dataset": "a", "anchor": "1.jpg", "left": "2.jpg", "right": "3.jpg", "choice": "left"}
+    refused = [(url, {"content": body, "headers": {"content-type": "text/plain", **evil}}, 403),
+               (url, {"json": {"likes": ["1"]}, "headers": evil}, 403),
+               (url, {"json": {"likes": ["1"]}, "headers": {"origin": "null"}}, 403),
+               (url, {"json": {"likes": ["1"]}, "headers": {"origin": "http://127.0.0.1:9999"}}, 403),
+               (url, {"json": {"likes": ["1"]}, "headers": {"sec-fetch-site": "cross-site"}}, 403),
+               (url, {"json": {"likes": ["1"]}, "headers": {"sec-fetch-site": "same-site"}}, 403),
+               (url, {"data": {"query": body}, "files": [("image", ("x.jpg", b"x", "image/jpeg"))],
+                      "headers": evil}, 403),
+               ("/api/triplets", {"json": judgment, "headers": evil}, 403),
+               (url, {"content": body, "headers": {"content-type": "text/plain"}}, 415),
+               (url, {"content": body}, 415),
+               (url, {"data": {"query": body}}, 415),  # application/x-www-form-urlencoded
+               ("/api/search", {"content": json.dumps({"likes": ["1"], "all": True}),
+                                "headers": {"content-type": "text/plain;charset=UTF-8"}}, 415),
+               ("/api/triplets", {"content": json.dumps(judgment), "headers": {"content-type": "text/plain"}}, 415),
+               ("/api/triplets", {"data": {"query": "{}"}, "files": [("image", ("x", b"x", "image/jpeg"))]}, 415)]
+    for path, kw, status in refused:
+        r = c.post(path, **kw)
+        assert r.status_code == status, (path, kw, r.status_code, r.text)
+        assert set(r.json()) >= {"error", "hint", "step"}
+    assert read_log(paths.triplets).judgments == []
+    same = {"origin": "http://127.0.0.1", "sec-fetch-site": "same-origin"}  # what the page sends
+    assert c.post(url, json={"likes": ["1"], "k": 3}, headers=same).status_code == 200
+    assert c.post(url, json={"likes": ["1"], "k": 3}).status_code == 200  # no Origin: the CLI, curl
+    charset = {"content-type": "application/json; charset=utf-8"}
+    assert c.post(url, json={"likes": ["1"]}, headers=charset).status_code == 200
+    assert c.post("/api/triplets", json=judgment, headers=same).status_code == 200
+    proxied = {"origin": "https://search.example", "x-forwarded-host": "search.example"}  # behind a proxy
+    assert c.post(url, json={"likes": ["1"]}, headers=proxied).status_code == 200
+    assert c.get("/api/datasets/a/similar/1", headers=evil).status_code == 200  # reads without a body
+
+
+class ImageHost:
+    """A local HTTP server standing in for remote image hosts: /img (a JPEG), /busy (503, Retry-After),
+    /slow (answers once released), /hop (redirects to an IPv6 loopback URL); it counts requests."""
+
+    def __init__(self, image: bytes):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.hits: list[str] = []
+        self.arrived, self.release = threading.Event(), threading.Event()
+        host = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                host.hits.append(self.path)
+                if self.path == "/busy":
+                    return self._send(503, b"internal detail", {"Retry-After": "1"})
+                if self.path == "/hop":
+                    return self._send(302, b"", {"Location": f"http://[::1]:{host.port}/img"})
+                if self.path == "/slow":
+                    host.arrived.set()
+                    host.release.wait(3)
+                self._send(200, image, {"Content-Type": "image/jpeg"})
+
+            def _send(self, code, data, headers):
+                self.send_response(code)
+                for k, v in {**headers, "Content-Length": str(len(data))}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_query_image_urls_public_only_one_try_off_the_engine_thread(client, root, monkeypatch):
+    paths = picture_dataset(root, count=12)
+    monkeypatch.setattr("stylesearch.search.query_encoder", lambda p, spec, device="auto": FakeEncoder(48))
+    image_path = next(paths.images.rglob("dots-*.jpg"))
+    host = ImageHost(image_path.read_bytes())
+    c = client(fetch_timeout=0.5)
+    url = "/api/datasets/pics/search"
+    try:  # internal addresses are refused before any connection
+        for target in (host.url("/img"), host.url("/img", "localhost"), host.url("/img", "[::1]"),
+                       "http://10.1.2.3/x.jpg", "http://169.254.169.254/latest/meta-data", "http://0.0.0.0:1/"):
+            r = c.post(url, json={"images": [target]})
+            assert r.status_code == 400 and "only from public addresses" in r.json()["error"], (target, r.text)
+        assert host.hits == []
+        # from here on 127.0.0.1 stands in for a public host (::1 stays refused)
+        monkeypatch.setattr("stylesearch.fetch.address_refused", lambda address: address == "::1")
+        started = time.monotonic()
+        r = c.post(url, json={"images": [host.url("/busy")]})  # one try, no Retry-After sleep, no remote detail
+        assert r.status_code == 400 and r.json()["error"] == f"Could not fetch query image {host.url('/busy')}."
+        assert "503" not in r.text and "internal detail" not in r.text and host.hits == ["/busy"]
+        assert time.monotonic() - started < 2.5  # the old code slept on Retry-After between 4 tries
+        r = c.post(url, json={"images": [host.url("/hop")]})  # every redirect hop is checked
+        assert r.status_code == 400 and "only from public addresses" in r.json()["error"]
+        assert c.post(url, json={"images": [host.url("/slow")]}).status_code == 400  # the deadline (0.5 s)
+        rows = search(c, "pics", terms=[f"image:{host.url('/img')}"], k=1)
+        assert rows[0]["path"] == image_path.relative_to(paths.images).as_posix()
+        host.arrived.clear()
+        c = client(fetch_timeout=5)
+        answer = {}
+        slow = threading.Thread(target=lambda: answer.update(r=c.post(url, json={"images": [host.url("/slow")]})))
+        slow.start()
+        assert host.arrived.wait(5)
+        started = time.monotonic()  # the engine thread is free while an image is being fetched
+        assert c.get("/api/datasets/pics/similar/1?k=2").status_code == 200
+        assert time.monotonic() - started < 2  # the slow image host holds its answer for 3 s
+        host.release.set()
+        slow.join(10)
+        assert answer["r"].status_code == 200
+    finally:
+        host.close()
+
+
+def test_images_inside_tar_shards_are_served(client, root):
+    import tarfile
+
+    from stylesearch.dataset import create_dataset
+    from stylesearch.scan import scan
+    from stylesearch.storage import dataset_paths, thumbnail_for
+    from stylesearch.transform import TransformOptions, transform_dataset
+
+    from .test_shards import write_shard
+
+    paths = dataset_paths("tars", root)
+    create_dataset(paths)
+    shard = paths.images / "shards" / "00000.tar"
+    write_shard(shard, ["000000", "000001"])
+    with open_catalog(paths) as cat:
+        scan(cat)
+        item = next(it for it in cat.items("ok") if it.path == "shards/00000.tar#000001.jpg")
+    with tarfile.open(shard) as tar:
+        original = tar.extractfile("000001.jpg").read()
+    c = client()
+    base = f"/api/datasets/tars/items/{item.id}"
+    for kind in ("image", "thumb"):  # no thumbnails yet: the thumb is the original
+        r = c.get(f"{base}/{kind}")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg" and r.content == original, kind
+    transform_dataset(paths, TransformOptions(max_side=32, workers=1))
+    thumb = thumbnail_for(paths, item.path, item.content_hash)
+    assert thumb.is_file() and c.get(f"{base}/thumb").content == thumb.read_bytes() != original
+    write_shard(shard, ["000000"])  # the member is gone (not scanned again)
+    r = c.get(f"{base}/image")
+    assert r.status_code == 404 and "missing" in r.json()["error"]
+
+
+def test_effort_is_set_per_query_and_query_encoders_are_shared(client, root, monkeypatch):
+    import itertools
+
+    import faiss
+
+    import stylesearch.search as search_module
+    from stylesearch.index import HNSW_EF_SEARCH, LoadedIndex
+
+    a, _ = feed_dataset(root, "a", n=60, seed=1)
+    feed_dataset(root, "b", n=60, seed=2)
+    build_index(a, "m", "hnsw")
+    loads, seen, encoders = [], [], []
+    load_index, index_search = search_module.load_index, LoadedIndex.search
+    monkeypatch.setattr(search_module, "load_index",
+                        lambda *args, **kw: loads.append(args[1]) or load_index(*args, **kw))
+
+    def spy(self, queries, k):
+        seen.append(faiss.downcast_index(self.index.index).hnsw.efSearch)
+        return index_search(self, queries, k)
+    monkeypatch.setattr(LoadedIndex, "search", spy)
+    monkeypatch.setattr("stylesearch.search.query_encoder",
+                        lambda p, spec, device="auto": encoders.append(p.name) or FakeEncoder(16))
+    c = client()
+    default = search(c, "a", likes=["1"], k=5)
+    for effort in (8, 64, 8, 1000):
+        assert [r["id"] for r in search(c, "a", likes=["1"], k=5, effort=effort)][:1] == [default[0]["id"]]
+    many = c.post("/api/search", json={"likes": ["1"], "k": 5, "datasets": ["a", "b"], "effort": 32})
+    assert many.status_code == 200, many.text
+    assert search(c, "a", likes=["1"], k=5) == default
+    assert len(loads) == 2  # one Searcher per dataset, whatever the effort (b: no index)
+    assert [e for e, _ in itertools.groupby(seen)] == [HNSW_EF_SEARCH, 8, 64, 8, 1000, 32, HNSW_EF_SEARCH]
+    for name in ("a", "b", "a"):  # one query encoder per model, for every dataset embedded with it
+        assert len(search(c, name, terms=["red dress"], k=3)) == 3
+    assert encoders == ["a"]
+
+
 # ---------------------------------------------------------------- a real server and the CLI fast path
 
 

@@ -2,7 +2,12 @@
 
 Guards, outermost first: the Host header must name this machine when it listens on loopback
 without a token (no DNS rebinding); with a token, /api and /health need `Authorization: Bearer`
-or the cookie the page gets from `/?token=`; every body is bounded (413).
+or the cookie the page gets from `/?token=`; a POST (any unsafe method) from another site is
+refused (403: an `Origin` other than the server's own, or `Sec-Fetch-Site` other than same-origin),
+so a web page the user visits cannot drive a token-less server on loopback; every body is bounded
+(413); an /api body is JSON sent as `application/json` (multipart/form-data too for searches), 415
+otherwise, so no form or `text/plain` request a page can send without CORS is ever read. The CLI
+client sends no Origin and the right Content-Type; the page's requests are same-origin.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import sys
 from http.cookies import SimpleCookie
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
@@ -24,6 +30,7 @@ from .state import ServerState
 STATIC = Path(__file__).with_name("static")
 COOKIE = "stylesearch_token"
 UPLOAD_PATHS = ("/search",)  # endpoints taking multipart uploads (the larger body limit)
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 async def _send_json(send, status: int, body: bytes, headers=()) -> None:
@@ -47,11 +54,12 @@ class Guard:
             return await _send_json(send, *plain_error(*refusal))
         limit = self.config.max_upload_bytes if scope["path"].endswith(UPLOAD_PATHS) else self.config.max_body_bytes
         length = headers.get("content-length")
-        if length is not None:  # the server holds the body to its declared length
-            if not length.isdigit() or int(length) > limit:
-                return await _send_json(send, *self._too_large(limit))
-            return await self.app(scope, receive, send)
-        if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+        if length is not None and (not length.isdigit() or int(length) > limit):  # held to its declared length
+            return await _send_json(send, *self._too_large(limit))
+        unsupported = _media_refusal(scope, headers)
+        if unsupported:
+            return await _send_json(send, *plain_error(*unsupported))
+        if length is not None or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             return await self.app(scope, receive, send)
         await self._chunked(scope, receive, send, limit)
 
@@ -88,12 +96,49 @@ class Guard:
             if not hmac.compare_digest(given.encode(), self.config.token.encode()):
                 return ("Missing or wrong token.", "Send 'Authorization: Bearer TOKEN', or open /?token=TOKEN once.",
                         401)
+        if scope["method"] not in SAFE_METHODS and cross_site(headers):
+            return ("Cross-site request refused.", "Use the page this server serves, or a client that sends no "
+                    "Origin header (the CLI, curl).", 403)
         return None
 
     @staticmethod
     def _too_large(limit: int) -> tuple[int, bytes]:
         return plain_error(f"Request body too large (limit {limit:,} bytes).",
                            "Send less: smaller or fewer query images.", 413)
+
+
+def cross_site(headers: dict) -> bool:
+    """A browser request from another origin: `Sec-Fetch-Site` other than same-origin (or none: typed
+    by the user), or an `Origin` (including "null") whose host and port are not the Host it was sent
+    to (or the X-Forwarded-Host of a proxy: a header no page can add without a CORS preflight, which
+    this server never grants). The scheme is not compared: a proxy may terminate TLS in front."""
+    site = headers.get("sec-fetch-site")
+    if site is not None and site.strip().lower() not in ("same-origin", "none"):
+        return True
+    origin = headers.get("origin")
+    if origin is None:
+        return False
+    try:
+        parts = urlsplit(origin.strip())
+        netloc = parts.netloc.lower() if parts.scheme in ("http", "https") and parts.hostname else None
+    except ValueError:
+        netloc = None
+    own = {headers.get("host", "").strip().lower(),
+           headers.get("x-forwarded-host", "").split(",", 1)[0].strip().lower()} - {""}
+    return netloc not in own
+
+
+def _media_refusal(scope, headers: dict) -> tuple | None:
+    """415 for an /api request body that is not JSON (or, for searches, a multipart form)."""
+    if scope["method"] not in ("POST", "PUT", "PATCH") or not scope["path"].startswith("/api"):
+        return None
+    media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    allowed = ("application/json", "multipart/form-data") if scope["path"].endswith(UPLOAD_PATHS) else (
+        "application/json",)
+    if media in allowed:
+        return None
+    return (f"Unsupported Content-Type {media or '(none)'!r}: send the body as {' or '.join(allowed)}.",
+            "Send JSON with 'Content-Type: application/json' (query images as a multipart/form-data search).", 415)
 
 
 def create_app(config: ServerConfig = ServerConfig(), state: ServerState | None = None):

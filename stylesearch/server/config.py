@@ -30,6 +30,7 @@ class ServerConfig:
     max_k: int = 1000
     max_terms: int = 32
     max_queue: int = 256  # library calls waiting for the engine thread; beyond: 503
+    fetch_timeout: float = 10.0  # seconds for all query image URLs of a request (one try each, public hosts only)
     check_host: bool | None = None  # refuse foreign Host headers (DNS rebinding); None: when loopback, no token
 
     @property

@@ -1,10 +1,18 @@
 """What the endpoints compute, on the engine thread: the library's search (one dataset or several),
-similar items, distances, items, files and the map. Request bodies are checked against the limits."""
+similar items, distances, items, files and the map. Request bodies are checked against the limits.
+
+Query images given as URLs are fetched by `Uploads.fetch` in the request's worker thread, never on
+the engine thread: public addresses only, one attempt, one short deadline for all of a request's
+URLs; the library then reads them as local files, like uploads.
+"""
 
 from __future__ import annotations
 
+import mimetypes
 import re
+import tarfile
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,8 +20,11 @@ from pydantic import BaseModel, Field
 
 from ..errors import ItemNotFound, NotReady, UserError
 from ..storage import read_json, thumbnail_for
+from .config import ServerConfig
 from .errors import TooLarge
-from .state import DatasetState, ServerState, file_stamp
+from .state import DatasetState, ServerState, effort, file_stamp
+
+_URL = re.compile(r"^https?://")
 
 
 class SearchBody(BaseModel):
@@ -58,10 +69,12 @@ def term_dicts(terms) -> list[dict]:
 
 
 class Uploads:
-    """Query images sent with a search, saved to a private temp folder under neutral names."""
+    """Query images sent with a search or fetched from their URLs, saved to a private temp folder
+    under neutral names."""
 
-    def __init__(self, max_pixels: int):
-        self.max_pixels = max_pixels
+    def __init__(self, config: ServerConfig):
+        self.max_pixels, self.max_bytes, self.fetch_timeout = (config.max_pixels, config.max_upload_bytes,
+                                                               config.fetch_timeout)
         self.folder = tempfile.TemporaryDirectory(prefix="stylesearch-upload-")
         self.files: dict[str, Path] = {}
 
@@ -78,12 +91,42 @@ class Uploads:
                       f"Upload a JPEG, PNG or WebP image of at most {self.max_pixels:,} pixels.") from None
         self.files[name] = path
 
+    def to_fetch(self, terms) -> list:
+        """The image terms given as URLs that are not uploads of that name."""
+        return [t for t in terms if t.kind == "image" and _URL.match(t.value) and t.value not in self.files]
+
+    def fetch(self, terms) -> None:
+        """Fetch the query images given as URLs (blocking: call it in a worker thread, not on the engine
+        thread): public addresses only, one attempt each, `fetch_timeout` seconds for all of them.
+        Errors say neither the remote status nor the reason, only that the image could not be had."""
+        from ..fetch import AddressRefused, FetchError, FetchOptions, fetch_with_retries
+
+        deadline = time.monotonic() + self.fetch_timeout
+        for term in self.to_fetch(terms):
+            if term.value in self.files:  # named twice
+                continue
+            hint = "Download the image and upload it with the query instead."
+            try:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise FetchError("deadline exceeded", transient=True)
+                data = fetch_with_retries(term.value, FetchOptions(retries=0, timeout=left, max_bytes=self.max_bytes,
+                                                                   public_only=True))
+            except AddressRefused:
+                raise UserError(f"Query image URL {term.value} is refused: the server fetches images only "
+                                "from public addresses.", hint) from None
+            except FetchError:
+                raise UserError(f"Could not fetch query image {term.value}.", hint) from None
+            self.add(term.value, data)
+
     def resolve(self, terms) -> list:
-        """Terms whose image values point at the uploaded files (URLs are fetched by the library)."""
+        """Terms whose image values point at the uploaded or fetched files (`fetch` first)."""
         out = []
         for term in terms:
-            if term.kind == "image" and not re.match(r"^https?://", term.value):
+            if term.kind == "image":
                 if term.value not in self.files:
+                    if _URL.match(term.value):
+                        raise UserError(f"Query image {term.value} was not fetched.")
                     raise UserError(f"Query image {term.value} was not uploaded.",
                                     "Send it as a multipart part named 'image' whose file name is the term's value.")
                 term = replace(term, value=str(self.files[term.value]))
@@ -99,9 +142,10 @@ def search_one(state: DatasetState, body: SearchBody, terms) -> list[dict]:
     from ..filters import parse_filters
 
     clauses = parse_filters(body.where)
-    searcher = state.searcher(body.model, body.pretrained, body.raw, body.effort)
+    searcher = state.searcher(body.model, body.pretrained, body.raw)
     try:
-        return searcher.search(terms, body.k, body.min_score, filters=clauses, group=body.group)
+        with effort([searcher], body.effort):
+            return searcher.search(terms, body.k, body.min_score, filters=clauses, group=body.group)
     finally:
         state.keep_encoder(searcher)
 
@@ -121,9 +165,10 @@ def search_many(server: ServerState, body: ManyBody, terms) -> list[dict]:
     clauses = parse_filters(body.where)
     states = [server.dataset(name) for name in chosen_names(server, body)]
     check_same_model([s.paths for s in states], [s.spec(body.model, body.pretrained) for s in states])
-    searchers = [s.searcher(body.model, body.pretrained, body.raw, body.effort) for s in states]
+    searchers = [s.searcher(body.model, body.pretrained, body.raw) for s in states]
     try:
-        return search_searchers(searchers, terms, body.k, body.min_score, clauses, body.group)
+        with effort(searchers, body.effort):
+            return search_searchers(searchers, terms, body.k, body.min_score, clauses, body.group)
     finally:
         states[0].keep_encoder(searchers[0])
 
@@ -186,14 +231,22 @@ def _live_item(state: DatasetState, ref: str):
     return item
 
 
-def item_file(state: DatasetState, item_id: int, thumb: bool) -> Path:
-    """The image file of a catalogued item (its thumbnail when `thumb` and one exists); never another file."""
+def item_file(state: DatasetState, item_id: int, thumb: bool) -> Path | tuple[bytes, str]:
+    """The image file of a catalogued item (its thumbnail when `thumb` and one exists, else the
+    original); never another file. An image inside a tar shard comes as (its bytes, media type)."""
     item = _live_item(state, str(item_id))
     paths = state.paths
     path = thumbnail_for(paths, item.path, item.content_hash) if thumb else paths.item_file(item.path)
-    if not path.is_file():
-        raise ItemNotFound(f"The image file of item {item_id} is missing.", dataset=paths.name)
-    return path
+    missing = ItemNotFound(f"The image file of item {item_id} is missing.", dataset=paths.name)
+    if isinstance(path, Path):
+        if not path.is_file():
+            raise missing
+        return path
+    try:  # a shards.ShardMember
+        data = path.read_bytes()
+    except (OSError, KeyError, EOFError, tarfile.TarError):
+        raise missing from None
+    return data, mimetypes.guess_type(path.member)[0] or "application/octet-stream"
 
 
 def atlas_page(state: DatasetState, page: int) -> Path:

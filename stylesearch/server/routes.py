@@ -6,7 +6,8 @@ import time
 from typing import List, Optional
 
 from fastapi import APIRouter, Path as PathParam, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
+from starlette.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from .. import __version__
@@ -30,8 +31,15 @@ def server_of(request: Request) -> ServerState:
     return request.app.state.server
 
 
-def cached_file(path) -> FileResponse:
-    return FileResponse(path, headers={"Cache-Control": "private, max-age=300"})
+CACHED = {"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"}
+
+
+def cached_file(path) -> Response:
+    """A file, or the (bytes, media type) of an image inside a tar shard."""
+    if isinstance(path, tuple):
+        data, media_type = path
+        return Response(data, media_type=media_type, headers=CACHED)
+    return FileResponse(path, headers=CACHED)
 
 
 @router.get("/health", tags=["server"])
@@ -109,7 +117,7 @@ async def read_search(request: Request, server: ServerState, cls):
             form = await request.form(max_files=server.config.max_terms, max_fields=64,
                                       max_part_size=server.config.max_body_bytes)
             body = cls.model_validate_json(form.get("query") or "{}")
-            uploads = Uploads(server.config.max_pixels)
+            uploads = Uploads(server.config)
             parts = form.getlist("image")
             if body.uploads and len(body.uploads) != len(parts):
                 raise UserError(f"`uploads` names {len(body.uploads)} images but {len(parts)} were sent.")
@@ -121,7 +129,7 @@ async def read_search(request: Request, server: ServerState, cls):
         else:
             body = cls.model_validate_json(await request.body() or b"{}")
         queries.check_limits(body, server)
-        return body, uploads or Uploads(server.config.max_pixels)
+        return body, uploads or Uploads(server.config)
     except ValidationError as exc:
         if uploads:
             uploads.close()
@@ -143,6 +151,8 @@ async def _searched(server: ServerState, body, uploads: Uploads, run) -> tuple[l
 
     try:
         terms = parse_terms(body.terms, body.images, body.likes)
+        if uploads.to_fetch(terms):  # query image URLs: fetched here, off the engine thread
+            await run_in_threadpool(uploads.fetch, terms)
         rows = await server.run(run, uploads.resolve(terms))
         return rows, queries.term_dicts(terms)
     finally:
@@ -179,7 +189,7 @@ async def similar(request: Request, item_ref: str, name: str = NAME, k: int = Qu
     server = server_of(request)
     body = SearchBody(likes=[item_ref], k=k, raw=raw, min_score=min_score, group=group, where=where)
     queries.check_limits(body, server)
-    rows, terms = await _searched(server, body, Uploads(server.config.max_pixels),
+    rows, terms = await _searched(server, body, Uploads(server.config),
                                   lambda t: queries.search_one(server.dataset(name), body, t))
     return {"dataset": name, "title": name, "terms": terms, "rows": rows}
 

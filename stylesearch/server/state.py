@@ -1,6 +1,7 @@
-"""Warm server state: one Searcher per dataset (and per model/raw/effort asked for), rebuilt when
-the files it was loaded from change, so `embed`, `reindex` and `train` are picked up without a
-restart.
+"""Warm server state: one Searcher per dataset (and per model/raw asked for), rebuilt when the
+files it was loaded from change, so `embed`, `reindex` and `train` are picked up without a restart.
+A request's search effort tunes the loaded index for that request only (`effort`); one query
+encoder per model is shared by every dataset embedded with it.
 
 Stamps are cheap `stat`s taken before each request: the catalog and its WAL (new items, vectors,
 metadata), the index sidecar (replaced last by `index`, so a half-written index is never named),
@@ -20,6 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import DatasetNotFound
@@ -28,7 +30,7 @@ from .config import ServerConfig
 from .errors import Overloaded
 
 log = logging.getLogger("stylesearch.server")
-SEARCHERS_PER_DATASET = 4  # (model, raw, effort) combinations kept warm
+SEARCHERS_PER_DATASET = 4  # (model, raw) combinations kept warm
 LABEL_SESSIONS = 16
 
 
@@ -44,10 +46,13 @@ def file_stamp(path: Path) -> tuple | None:
 class DatasetState:
     """The warm objects of one dataset; use only on the engine thread."""
 
-    def __init__(self, paths: DatasetPaths, device: str, threads: int | None = None):
+    def __init__(self, paths: DatasetPaths, device: str, threads: int | None = None,
+                 encoders: dict | None = None):
         self.paths, self.device, self.threads = paths, device, threads
         self.searchers: OrderedDict[tuple, tuple[tuple, object]] = OrderedDict()
-        self.encoders: dict[str, object] = {}  # model key -> query encoder (the loaded model), kept across reloads
+        # model key -> query encoder (the loaded model), kept across reloads; the server's one dict,
+        # shared by all its datasets
+        self.encoders: dict[str, object] = {} if encoders is None else encoders
         self.specs: dict[tuple, tuple[tuple, object]] = {}
         self.cached: dict[str, tuple[tuple, object]] = {}  # item lists, vectors, projection: by stamp
         self.reloads = 0
@@ -81,20 +86,22 @@ class DatasetState:
             self.specs[key] = hit
         return hit[1]
 
-    def searcher(self, model: str | None = None, pretrained: str | None = None, raw: bool = False,
-                 effort: int | None = None):
-        """A Searcher loaded from the current files (a new one when any of them changed)."""
+    def searcher(self, model: str | None = None, pretrained: str | None = None, raw: bool = False):
+        """A Searcher loaded from the current files (a new one when any of them changed), at the
+        index's default effort (see `effort`)."""
         from ..search import Searcher
 
         spec = self.spec(model, pretrained)
-        key, stamp = (spec.key, raw, effort), (self.catalog_stamp(), self.model_stamp(spec.key))
+        key, stamp = (spec.key, raw), (self.catalog_stamp(), self.model_stamp(spec.key))
         hit = self.searchers.get(key)
         if hit is not None and hit[0] == stamp:
             self.searchers.move_to_end(key)
+            shared = self.encoders.get(spec.key)
+            if hit[1].loaded_encoder is None and shared is not None:  # loaded since, for another dataset
+                hit[1].use_encoder(shared)
             return hit[1]
-        # the loaded model is kept across reloads
-        searcher = Searcher(self.paths, spec, raw=raw, device=self.device, effort=effort,
-                            encoder=self.encoders.get(spec.key))
+        # the loaded model is kept across reloads, and shared with other datasets of the model
+        searcher = Searcher(self.paths, spec, raw=raw, device=self.device, encoder=self.encoders.get(spec.key))
         self.searchers[key] = (stamp, searcher)
         self.searchers.move_to_end(key)
         if hit is not None:  # requests run one at a time on the engine thread: none holds the old one
@@ -126,13 +133,30 @@ class DatasetState:
     def summary(self) -> dict:
         """What /health shows: the model and index of the warm searcher, from the sidecar."""
         out = {"name": self.paths.name, "loaded": bool(self.searchers), "reloads": self.reloads, "models": []}
-        for (key, raw, effort), (_, searcher) in list(self.searchers.items()):  # a snapshot: the engine may change it
+        for (key, raw), (_, searcher) in list(self.searchers.items()):  # a snapshot: the engine may change it
             index = read_json(self.paths.index_sidecar(key)) or {}
-            out["models"].append({"model_key": key, "raw": raw, "effort": effort,
+            out["models"].append({"model_key": key, "raw": raw,
                                   "metric": searcher.metric.kind, "encoder_loaded": key in self.encoders,
                                   "index": {"kind": index.get("kind"), "count": index.get("count"),
                                             "space": index.get("space")} if index else None})
         return out
+
+
+@contextmanager
+def effort(searchers, value: int | None):
+    """Search effort (HNSW efSearch, IVF nprobe) for one request: the searchers' loaded indexes are
+    tuned to `value`, then set back to their defaults. Safe because requests run one at a time on
+    the engine thread; a new value costs nothing (no index is reloaded)."""
+    from ..index import tune
+
+    loaded = [s.index for s in searchers if s.index is not None] if value is not None else []
+    try:
+        for index in loaded:
+            tune(index.index, index.meta, value)
+        yield
+    finally:
+        for index in loaded:
+            tune(index.index, index.meta, None)
 
 
 def limit_threads(threads: int | None) -> None:
@@ -158,6 +182,7 @@ class ServerState:
                                          initializer=limit_threads, initargs=(config.threads,))
         self.pending = 0
         self.datasets: dict[str, DatasetState] = {}
+        self.encoders: dict[str, object] = {}  # model key -> query encoder, shared by every dataset
         self.label_sessions: OrderedDict[tuple[str, str], tuple[tuple, object]] = OrderedDict()
         self.triplets_lock = threading.Lock()  # one append at a time to any judgments log
 
@@ -172,7 +197,8 @@ class ServerState:
                                   f"Served datasets: {', '.join(self.config.datasets)}.", dataset=name)
         state = self.datasets.get(name)
         if state is None or not state.paths.catalog.exists():
-            state = DatasetState(existing_dataset(name, self.config.root), self.config.device, self.config.threads)
+            state = DatasetState(existing_dataset(name, self.config.root), self.config.device, self.config.threads,
+                                 self.encoders)
             self.datasets[name] = state
         return state
 

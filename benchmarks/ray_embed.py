@@ -39,7 +39,7 @@ def main() -> None:
     try:
         images = root / "images"
         write_samples(images, count, size=(320, 240))
-        options = EmbedOptions(backend="torch", batch_size=32)
+        options = EmbedOptions(backend="torch", batch_size=32, export_onnx=False)
         results = {}
         for engine in ("local", "ray"):
             paths = dataset(root, engine, images)

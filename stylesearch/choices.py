@@ -11,6 +11,7 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 EMBED_BACKENDS = ("auto", "torch", "onnx", "onnx-int8")  # auto: onnx on the CPU, torch on a GPU
 EMBED_ENGINES = ("local", "ray")  # where encoding runs: this process, or a Ray cluster
 LABEL_STRATEGIES = ("random", "uncertain")
+METRIC_KINDS = ("diagonal", "lowrank", "auto")  # auto: low-rank only where it agrees significantly better
 COORD_FORMATS = ("csv", "json", "parquet")
 ATLAS_ORDERS = ("path", "umap")
 LIST_FORMATS = ("txt", "csv", "tsv", "jsonl")

@@ -143,7 +143,7 @@ def _write(paths, catalog, model, metric: Metric, ids, keys, target: Target, ful
 
 def default_nprobe(plan: IndexPlan) -> int:
     """Lists probed per query by default: enough for recall@10 near 0.95 on clustered CLIP-like data."""
-    return max(16, plan.nlist // 64) if plan.trains else 0
+    return max(16, plan.nlist // 128) if plan.trains else 0
 
 
 def _save(paths, model, index, member_ids, member_keys, target: Target, mode, seconds: float) -> dict:

@@ -31,15 +31,15 @@ STRATEGIES = LABEL_STRATEGIES
 class _Model:
     """What the sampler knows of the current metric (replaced whole, so swaps are atomic)."""
 
-    def __init__(self, model: Metric | Fit, vectors: np.ndarray):
+    def __init__(self, model: Metric | Fit, vectors: np.ndarray, posterior: bool):
         fit = model if isinstance(model, Fit) else None
         self.metric = fit.metric if fit else model
         self.euclid = self.metric.to_euclidean(vectors)
         scale = fit.logit_scale if fit else self.metric.meta.get("logit_scale")
         self.scale = float(scale) if scale else None
-        self.cov = None
-        if fit is not None and fit.covariance is not None and scale:
-            self.cov = fit.covariance.copy()
+        self.cov = fit.covariance() if fit is not None and scale and posterior else None
+        if self.cov is not None:
+            self.cov = self.cov.copy()
             self.norm = fit.norm
             self.w = np.asarray(self.metric.weights, dtype=np.float64) * fit.logit_scale * fit.norm
 
@@ -51,11 +51,13 @@ class TripletSampler:
     last few), the pair of options among a random pool whose order the current model is least
     sure of: smallest |logit| / its standard deviation when the fit carries a posterior (then
     each pick also shrinks that posterior as if answered, so one batch stays varied), else the
-    smallest relative gap between the two distances.
+    smallest relative gap between the two distances. A share `explore` of its picks are random
+    triplets: they keep the judgments representative, which matters when answers are noisy.
     """
 
     def __init__(self, paths: list[str], vectors: np.ndarray, metric: Metric | Fit | None = None,
-                 strategy: str = "random", seed: int | None = None, pool: int = 150, recent: int = 20):
+                 strategy: str = "random", seed: int | None = None, pool: int = 150, recent: int = 20,
+                 explore: float = 0.3):
         if len(paths) < 3:
             raise ValueError("need at least three embedded items")
         if strategy not in STRATEGIES:
@@ -67,11 +69,12 @@ class TripletSampler:
         self.rng = np.random.default_rng(seed)
         self.pool = min(pool, len(paths) - 1)
         self.recent: deque = deque(maxlen=min(recent, len(paths) // 3))
+        self.explore = explore
         self.use(metric if metric is not None else IdentityMetric())
 
     def use(self, model: Metric | Fit) -> None:
         """Select (and predict) with this metric from now on."""
-        self._model = _Model(model, self.vectors)
+        self._model = _Model(model, self.vectors, posterior=self.strategy == "uncertain")
 
     @property
     def metric(self) -> Metric:
@@ -79,7 +82,8 @@ class TripletSampler:
 
     def next(self, seen: set) -> tuple[str, str, str] | None:
         for _ in range(50):
-            trip = self._uncertain(seen) if self.strategy == "uncertain" else self._random()
+            uncertain = self.strategy == "uncertain" and self.rng.random() >= self.explore
+            trip = self._uncertain(seen) if uncertain else self._random()
             if trip is not None and triplet_key(*trip) not in seen:
                 return trip
         return None
@@ -147,22 +151,22 @@ class TripletSampler:
 
 class Retrainer:
     """When to retrain while labelling, and the fit: every `every` judgments (every tenth of the
-    judgments once that is more: fits get slower as they grow); the regularisation is
-    cross-validated again whenever the judgments have doubled since, else reused."""
+    judgments once that is more: fits get slower as they grow; never when `every` is 0); the
+    regularisation is cross-validated again whenever the judgments have doubled since, else reused."""
 
     def __init__(self, paths: list[str], vectors: np.ndarray, options: FitOptions = FitOptions(),
                  every: int = 25, minimum: int = 10):
         self.row_of = {p: i for i, p in enumerate(paths)}
         self.vectors = vectors
         self.options = options
-        self.every = max(1, every)
+        self.every = every
         self.minimum = minimum
         self.last = 0
         self.chosen: tuple[str, int] | None = None
         self.cv_at = 0
 
     def due(self, count: int) -> bool:
-        return count >= self.minimum and count - self.last >= max(self.every, self.last // 10)
+        return self.every > 0 and count >= self.minimum and count - self.last >= max(self.every, self.last // 10)
 
     def fit(self, judgments: list[dict]) -> Fit | None:
         """A fit of these judgments (None while too few are decisive)."""
@@ -193,21 +197,25 @@ class LabelLoop:
         self.hits: deque = deque(maxlen=50)
         self.lock = threading.Lock()
         self.current: tuple[str, str, str] | None = None
-        self.guess: tuple[str | None, float | None] = (None, None)
 
     @property
     def metric(self) -> Metric:
         return self.sampler.metric
 
+    @property
+    def guess(self) -> tuple[str | None, float | None]:
+        """The option the current metric would pick for the current triplet, and how sure it is."""
+        return self.sampler.predict(*self.current) if self.current else (None, None)
+
     def advance(self) -> tuple[str, str, str] | None:
         self.current = self.sampler.next(self.seen)
-        self.guess = self.sampler.predict(*self.current) if self.current else (None, None)
         return self.current
 
     def observe(self, record: dict) -> None:
         """Count a judgment of the current triplet against the model's guess (kept elsewhere)."""
-        if record["choice"] in DECISIVE and self.guess[0] is not None:
-            self.hits.append(record["choice"] == self.guess[0])
+        pick = self.guess[0] if record["choice"] in DECISIVE else None
+        if pick is not None:
+            self.hits.append(record["choice"] == pick)
 
     def retrain_due(self) -> bool:
         return self.retrainer.due(len(self.judgments))
@@ -217,10 +225,8 @@ class LabelLoop:
         with self.lock:
             fit = self.retrainer.fit(list(self.judgments))
         if fit is not None:
-            self.fit = fit
             self.sampler.use(fit)
-            if self.current:
-                self.guess = self.sampler.predict(*self.current)
+            self.fit = fit
         return fit
 
 
@@ -287,7 +293,6 @@ class LabelSession:
     @current.setter
     def current(self, value) -> None:
         self.loop.current = value
-        self.loop.guess = self.loop.sampler.predict(*value) if value else (None, None)
 
     def advance(self) -> tuple[str, str, str] | None:
         return self.loop.advance()

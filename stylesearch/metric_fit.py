@@ -1,5 +1,5 @@
-"""Fitting metrics to triplet judgments on arrays (no dataset): the kinds' models and the
-cross-validated choice of regularisation.
+"""Fitting metrics to triplet judgments on arrays (no dataset): the cross-validated choice of
+regularisation and of the kind (the kinds' models live in metric_kinds).
 
 A judgment "x is nearer to a than y" is modelled as P = sigmoid(d2(a,y) - d2(a,x)) with the
 learned squared distance d2 (logistic model, minimised with L-BFGS-B); "too similar" and "anchor
@@ -11,8 +11,10 @@ too different" skips are equality terms with target probability 1/2. Kinds:
   directions of the vectors.
 
 Regularisation is chosen by K-fold cross-validation on the judgments themselves: the default
-(a moderate pull toward uniform) is kept unless another candidate predicts the held-out folds
-better by more than two standard errors (paired, after calibrating each candidate's scale).
+(a weak pull toward uniform) is kept unless another candidate predicts the held-out folds
+better by more than three standard errors (paired per judgment, after calibrating each
+candidate's scale), so a few hundred judgments rarely move it but thousands do. `auto` fits
+both kinds and keeps the low-rank one only where it agrees better held out, by the same test.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import UserError
 from .metric_kinds import MODELS, Fit, Model
+from .choices import METRIC_KINDS
 
-KINDS = ("diagonal", "lowrank", "auto")
+KINDS = METRIC_KINDS
 
 
 @dataclass(frozen=True)
@@ -50,9 +54,6 @@ class Triplets:
     def __post_init__(self):
         self.decisive = np.asarray(self.decisive, dtype=np.int64).reshape(-1, 3)
         self.equal = np.asarray(self.equal, dtype=np.int64).reshape(-1, 3)
-
-    def subset(self, rows) -> "Triplets":
-        return Triplets(self.decisive[rows], self.equal)
 
 
 def _one_blas_thread(func):
@@ -97,8 +98,8 @@ def _folds(n: int, options: FitOptions) -> list[np.ndarray]:
 
 
 def _out_of_fold(model: Model, n: int, options: FitOptions) -> np.ndarray:
-    """Held-out logits of every candidate, shape (candidates, repetitions * n); along the list
-    each fit starts from the previous candidate's solution."""
+    """Held-out logits of every candidate, shape (repetitions, candidates, n); along the list of
+    candidates each fit starts from the previous one's solution."""
     blocks = []
     for labels in _folds(n, options):
         oof = np.zeros((len(model.candidates), n))
@@ -109,11 +110,12 @@ def _out_of_fold(model: Model, n: int, options: FitOptions) -> np.ndarray:
                 warm = model.fit(train, candidate, warm)
                 oof[c, test] = model.logits(warm, test)
         blocks.append(oof)
-    return np.concatenate(blocks, axis=1)
+    return np.stack(blocks)
 
 
-def _pick(losses: np.ndarray, default: int, z_crit: float = 2.0) -> int:
-    """The default candidate unless another one's paired mean loss is lower by > z_crit SE."""
+def _pick(losses: np.ndarray, default: int, z_crit: float = 3.0) -> int:
+    """The default candidate unless another one's paired mean loss (per judgment) is lower by
+    more than z_crit standard errors; then the best of those."""
     diff = losses - losses[default]
     mean = diff.mean(axis=1)
     se = diff.std(axis=1) / np.sqrt(diff.shape[1]) + 1e-12
@@ -123,11 +125,13 @@ def _pick(losses: np.ndarray, default: int, z_crit: float = 2.0) -> int:
 
 
 def select_candidate(model: Model, trips: Triplets, options: FitOptions) -> tuple[int, np.ndarray | None]:
-    """Index of the chosen candidate and the held-out logits of every candidate (None: no CV)."""
+    """Index of the chosen candidate and every candidate's held-out logits (repetitions,
+    candidates, n); None when there are too few judgments to cross-validate."""
     if not options.select or len(trips.decisive) < 4 * options.folds:
         return model.default, None
     oof = _out_of_fold(model, len(trips.decisive), options)
-    losses = np.stack([_calibrated_losses(z) for z in oof])
+    losses = np.stack([_calibrated_losses(oof[:, c].ravel()).reshape(oof.shape[0], -1).mean(axis=0)
+                       for c in range(oof.shape[1])])
     return _pick(losses, model.default), oof
 
 
@@ -136,27 +140,28 @@ def _agreement_of_logits(z: np.ndarray) -> float:
 
 
 def _fit_kind(kind: str, vectors, trips: Triplets, options: FitOptions):
+    """The kind's model, its chosen candidate, and that candidate's held-out logits."""
     model = MODELS[kind](vectors, trips, options)
     chosen, oof = select_candidate(model, trips, options)
-    return model, chosen, (oof[chosen] if oof is not None else None)
+    return model, chosen, (oof[:, chosen] if oof is not None else None)
 
 
 @_one_blas_thread
 def fit_metric(vectors: np.ndarray, trips: Triplets, options: FitOptions = FitOptions()) -> Fit:
     """Fit the metric kind asked for (auto: diagonal, or low-rank where it agrees better held out)."""
     if options.kind not in KINDS:
-        raise ValueError(f"unknown metric kind {options.kind!r}")
+        raise UserError(f"Unknown metric kind {options.kind!r}.", f"Choose one of: {', '.join(KINDS)}.")
     kinds = ("diagonal", "lowrank") if options.kind == "auto" else (options.kind,)
     fitted = [_fit_kind(kind, vectors, trips, options) for kind in kinds]
     best = 0
     if len(fitted) == 2 and fitted[0][2] is not None and fitted[1][2] is not None:
-        wrong = [(z <= 0).astype(float) for _, _, z in fitted]
+        wrong = [(z <= 0).mean(axis=0) for _, _, z in fitted]  # per judgment, over repetitions
         best = _pick(np.stack(wrong), default=0)
     model, chosen, oof = fitted[best]
-    return finish(model, chosen, oof, trips)
+    return _finish(model, chosen, oof, trips)
 
 
-def finish(model: Model, chosen: int, oof, trips: Triplets) -> Fit:
+def _finish(model: Model, chosen: int, oof, trips: Triplets) -> Fit:
     """Fit the chosen candidate on all judgments."""
     params = model.fit(np.arange(len(trips.decisive)), model.candidates[chosen], None)
     fit = model.result(params, chosen)
@@ -168,18 +173,13 @@ def finish(model: Model, chosen: int, oof, trips: Triplets) -> Fit:
 def refit(vectors: np.ndarray, trips: Triplets, kind: str, candidate: int, options: FitOptions) -> Fit:
     """Fit a given kind and regularisation candidate (no cross-validation)."""
     model = MODELS[kind](vectors, trips, options)
-    return finish(model, candidate, None, trips)
+    return _finish(model, candidate, None, trips)
 
 
 def _gaps(metric, vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """d2(a, y) - d2(a, x) under the metric for rows (a, x, y)."""
     a, x, y = (metric.to_euclidean(vectors[rows[:, i]].astype(np.float64)) for i in range(3))
     return ((a - y) ** 2).sum(1) - ((a - x) ** 2).sum(1)
-
-
-def logits(fit: Fit, vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Logits that the second item of each (anchor, x, y) row is the nearer one."""
-    return fit.logit_scale * _gaps(fit.metric, vectors, np.asarray(rows).reshape(-1, 3))
 
 
 def agreement(metric, vectors: np.ndarray, decisive: np.ndarray) -> float:
@@ -199,5 +199,5 @@ def wilson_interval(agree: float, n: int, z: float = 1.96) -> tuple[float, float
     return float(centre - half), float(centre + half)
 
 
-__all__ = ["FitOptions", "Triplets", "Fit", "KINDS", "fit_metric", "refit", "logits", "agreement",
-           "wilson_interval", "sigmoid", "select_candidate"]
+__all__ = ["FitOptions", "Triplets", "Fit", "KINDS", "fit_metric", "refit", "agreement", "wilson_interval",
+           "sigmoid", "select_candidate"]

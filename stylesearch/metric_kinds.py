@@ -8,7 +8,9 @@ parameters into a Metric. Features are scaled so that candidates mean the same a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 from scipy.optimize import Bounds, minimize
@@ -26,9 +28,15 @@ class Fit:
     regularisation: dict
     logit_scale: float  # P(x nearer) = sigmoid(logit_scale * (d2(a,y) - d2(a,x))) under `metric`
     cv_agreement: float | None = None
-    covariance: np.ndarray | None = None  # diagonal kind: posterior covariance of the weights
-    norm: float = 1.0  # the covariance's unit: weights in covariance units = weights * logit_scale * norm
-    params: object = None
+    norm: float = 1.0  # feature unit: weights in covariance units = weights * logit_scale * norm
+    covariance_of: Callable[[], np.ndarray] | None = None
+    _covariance: np.ndarray | None = field(default=None, repr=False)
+
+    def covariance(self) -> np.ndarray | None:
+        """Posterior covariance of the weights in feature units (diagonal kind; computed once)."""
+        if self._covariance is None and self.covariance_of is not None:
+            self._covariance = self.covariance_of()
+        return self._covariance
 
 
 def _softplus(z):
@@ -89,9 +97,9 @@ class DiagonalModel(Model):
     """Non-negative weights w on squared differences; candidates (l1, pull, reweighted)."""
 
     kind = "diagonal"
-    candidates = [(0.0, p, False) for p in (300.0, 100.0, 30.0, 10.0, 3.0)] + \
+    candidates = [(0.0, p, False) for p in (200.0, 60.0, 20.0, 6.0)] + \
                  [(l1, 0.01, True) for l1 in (1.0, 3.0, 10.0, 30.0)]
-    default = 2
+    default = 1
 
     def __init__(self, vectors, trips, options):
         super().__init__(vectors, trips, options)
@@ -120,7 +128,7 @@ class DiagonalModel(Model):
     def fit(self, rows, candidate, warm: DiagonalParams | None) -> DiagonalParams:
         l1, pull, reweight = candidate
         F = self.F[rows]
-        centre = _scale(F.sum(axis=1))
+        centre = self.norm  # unit weights: the plain squared distance as the logit
         penalty = np.full(self.dim, l1)
         w = self._solve(F, warm.w if warm is not None else np.full(self.dim, centre), penalty, pull, centre)
         curvature = np.zeros(self.dim)
@@ -150,7 +158,7 @@ class DiagonalModel(Model):
         reg = {"family": "sparse" if l1 else "uniform", "l1": l1, "pull": pull, "reweighted": reweight,
                "active_dims": int((params.w > 0).sum())}
         return Fit(DiagonalMetric(weights), self.kind, chosen, reg, max(mean, 0.0) / self.norm,
-                   covariance=self.covariance(params), norm=self.norm, params=params)
+                   norm=self.norm, covariance_of=functools.partial(self.covariance, params))
 
 
 class LowRankModel(Model):
@@ -217,8 +225,7 @@ class LowRankModel(Model):
         trace = float((P * P).sum())
         scale = np.sqrt(self.dim / trace) if trace > 0 else 1.0
         reg = {"family": "lowrank", "pull": self.candidates[chosen][0], "rank": self.rank}
-        return Fit(LowRankMetric(P * scale), self.kind, chosen, reg, trace / self.dim / self.norm,
-                   norm=self.norm, params=P)
+        return Fit(LowRankMetric(P * scale), self.kind, chosen, reg, trace / self.dim / self.norm, norm=self.norm)
 
 
 MODELS = {"diagonal": DiagonalModel, "lowrank": LowRankModel}

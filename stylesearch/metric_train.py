@@ -29,10 +29,6 @@ class TrainOptions:
     val_fraction: float = 0.2
     folds: int = 5
     equality_weight: float = 1.0
-    # Unused by the logistic trainer; accepted until the command line stops passing them.
-    epochs: int | None = None
-    margin: float | None = None
-    lr: float | None = None
 
     def fit_options(self) -> FitOptions:
         return FitOptions(kind=self.kind, rank=self.rank, seed=self.seed, folds=self.folds,

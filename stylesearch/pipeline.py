@@ -6,6 +6,7 @@ from .atlas import AtlasOptions, build_atlas
 from .dataset import create_dataset
 from .embed import EmbedOptions, embed_dataset
 from .index_build import build_index
+from .metric_train import TrainOptions, train_metric
 from .models import DEFAULT_MODEL, DEFAULT_PRETRAINED, RANDOM, ModelSpec, weights_cached
 from .progress import Progress
 from .projection import UmapOptions, project_dataset, render_map
@@ -30,6 +31,18 @@ def reindex(paths: DatasetPaths, spec: ModelSpec, kind: str | None = None, optio
         meta = build_index(paths, spec.key, kind, progress=progress, lock=False)
     return {**embedded.as_dict(), "index_kind": meta["kind"], "index_count": meta["count"],
             "index_mode": meta["mode"], "warnings": embedded.warnings}
+
+
+def train_and_reindex(paths: DatasetPaths, model_key: str, options: TrainOptions = TrainOptions(),
+                      progress: Progress | None = None) -> dict:
+    """Train the metric, then rebuild the index in its space when there is one (searches stay exact
+    and fast); returns the training report with the index's metadata under `index`."""
+    with writer_lock(paths):
+        report = train_metric(paths, model_key, options)
+        sidecar = read_json(paths.index_sidecar(model_key))
+        if sidecar:
+            report["index"] = build_index(paths, model_key, sidecar["kind"], progress=progress, lock=False)
+    return report
 
 
 def demo_model() -> tuple[ModelSpec, bool]:

@@ -25,15 +25,17 @@ def captured(monkeypatch, cli, root):
 def test_mistyped_long_option_is_an_error_with_a_suggestion(cli, captured):
     proc = cli("search", "demo", "--like", "3", "--formt", "json", "-k", "1", check=False)
     assert proc.returncode == 2
-    assert "No such option: --formt" in proc.stderr and "--format" in proc.stderr
+    assert "No such option" in proc.stderr and "'--formt'" in proc.stderr.replace(": --formt", " '--formt'")
+    assert "--format" in proc.stderr
     assert captured == []
 
 
 def test_unknown_long_option_is_an_error(cli, captured):
     proc = cli("search", "demo", "red", "--colour", "red", check=False)
-    assert proc.returncode == 2 and "No such option: --colour" in proc.stderr
+    assert proc.returncode == 2 and "No such option" in proc.stderr and "--colour" in proc.stderr
     proc = cli("search", "demo", "red", "--were", "category=shoes", check=False)
-    assert proc.returncode == 2 and "No such option: --were" in proc.stderr and "--where" in proc.stderr
+    assert proc.returncode == 2 and "No such option" in proc.stderr and "--were" in proc.stderr
+    assert "--where" in proc.stderr
     assert captured == []
 
 

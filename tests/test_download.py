@@ -50,7 +50,7 @@ class Server:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.handle_error = lambda request, address: None  # clients hanging up early is expected
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
 
     def route(self, h):
         path, hits = h.path, self.hits[h.path]
@@ -70,7 +70,7 @@ class Server:
         if path == "/html":
             return self.send(h, 200, b"<html><body>not an image</body></html>", "text/html")
         if path == "/slow.jpg":
-            time.sleep(3.0)
+            time.sleep(1.0)
             return self.send(h, 200, self.images[5])
         if path == "/loop":
             return self.redirect(h, "/loop")
@@ -122,7 +122,7 @@ def server():
     s.close()
 
 
-FAST = DownloadOptions(workers=4, retries=3, backoff=0.01, timeout=1.0)
+FAST = DownloadOptions(workers=4, retries=3, backoff=0.01, timeout=0.4)
 QUICK = DownloadOptions(workers=2, retries=0, timeout=0.5)
 
 
@@ -156,7 +156,7 @@ def test_rerun_skips_done_and_permanent_failures_but_retries_transient(tmp_path,
     entries = [Entry(server.url + n) for n in ("/img/2.jpg", "/missing", "/slow.jpg")]
     download(paths, entries, FAST)
     before = dict(server.hits)
-    again = download(paths, entries, DownloadOptions(workers=2, timeout=5))
+    again = download(paths, entries, DownloadOptions(workers=2, timeout=3))
     assert again.skipped_done == 2 and again.ok == 1  # slow.jpg now succeeds with a longer timeout
     assert server.hits["/img/2.jpg"] == before["/img/2.jpg"]
     assert server.hits["/missing"] == before["/missing"]

@@ -57,6 +57,7 @@ def shot(page, tmp_path: Path, name: str) -> None:
         shutil.copy(tmp_path / name, Path(folder) / name)
 
 
+@pytest.mark.slow  # starts chromium
 def test_page_search_map_and_labelling(browser, served, tmp_path):
     from stylesearch.judgments import read_log
 

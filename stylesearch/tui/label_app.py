@@ -140,7 +140,8 @@ class LabelApp(App):
         parts = [f"metric picks {pick}" + (f" ({sure:.0%} sure)" if sure is not None else "")
                  if pick else "metric has no preference"]
         if st["guesses"]:
-            parts.append(f"it guessed {st['guessed_right']} of your last {st['guesses']} A/B answers")
+            closest = " (it asks about its closest calls)" if self.strategy == "uncertain" else ""
+            parts.append(f"it guessed {st['guessed_right']} of your last {st['guesses']} A/B answers{closest}")
         if self.retraining:
             parts.append("retraining…")
         elif st["retrained_at"] is not None:
@@ -150,15 +151,16 @@ class LabelApp(App):
     def status_line(self) -> str:
         st = self.session.status()
         c = st["counts"]
-        agree = f"held-out agreement {st['agreement']:.3f}" if st["agreement"] is not None else "no weights yet"
+        agree = (f"held-out agreement {st['agreement']:.3f}" if st["agreement"] is not None
+                 else "no held-out agreement yet")
         return (f"session {st['session']} · total {st['total']} · L {c['left']} R {c['right']} "
                 f"similar {c['too_similar']} different {c['anchor_different']} unknown {c['unknown']} · "
                 f"{agree} · strategy {self.strategy}")
 
     def action_choose(self, choice: str) -> None:
         if self.session.judge(choice) is not None:
-            self.refresh_view()
             self.maybe_retrain()
+            self.refresh_view()
 
     def maybe_retrain(self) -> None:
         """Refit in a worker thread when the session says so (one at a time)."""

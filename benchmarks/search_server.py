@@ -19,11 +19,9 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 
-from stylesearch.catalog import open_catalog
 from stylesearch.client import ServerClient
-from stylesearch.index_build import build_index
+from bench_data import random_vector_dataset
 from stylesearch.models import ModelSpec
 from stylesearch.storage import dataset_paths
 
@@ -39,15 +37,7 @@ env = {**os.environ, "HF_HUB_OFFLINE": "1", "STYLESEARCH_HOME": tmp}
 
 
 def build_dataset() -> None:
-    rng = np.random.default_rng(0)
-    data = rng.standard_normal((count, 512), dtype=np.float32)
-    data /= np.linalg.norm(data, axis=1, keepdims=True)
-    with open_catalog(paths, create=True) as cat, cat.transaction():
-        cat.ensure_model(spec.key, spec.name, spec.pretrained, 512, "float32")
-        cat.conn.executemany("INSERT INTO items(path, content_hash, status) VALUES(?,?, 'ok')",
-                             [(f"{i}.jpg", f"{i:064d}") for i in range(count)])
-        cat.put_vectors(spec.key, [f"{i:064d}" for i in range(count)], data, "float32")
-    build_index(paths, spec.key)
+    random_vector_dataset(paths, count, spec)
 
 
 def run(args: list[str]) -> tuple[float, float]:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Iterable, Sequence
 from urllib.parse import quote
 
-import numpy as np
 
 from .catalog_vectors import VectorTables
 from .errors import CatalogError, ItemNotFound

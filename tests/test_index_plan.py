@@ -10,7 +10,6 @@ from stylesearch.errors import UserError
 from stylesearch.index import check_recall, load_index
 from stylesearch.index_build import build_index
 from stylesearch.index_plan import choose_plan, nlist_for, parse_bytes
-from stylesearch.storage import dataset_paths
 
 from .conftest import unit_rows, vector_catalog
 

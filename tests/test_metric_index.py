@@ -5,12 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stylesearch.catalog import open_catalog
 from stylesearch.index import RAW_SPACE, check_recall, load_index
 from stylesearch.index_build import build_index
 from stylesearch.metric import DiagonalMetric, LowRankMetric, save_metric
 from stylesearch.search import Searcher, Term
-from stylesearch.storage import dataset_paths
 
 from .conftest import unit_rows, vector_catalog
 

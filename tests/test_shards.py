@@ -6,7 +6,6 @@ import io
 import json
 import tarfile
 
-import pytest
 
 from stylesearch.catalog import open_catalog
 from stylesearch.dataset import create_dataset

@@ -1,0 +1,23 @@
+"""Synthetic datasets the benchmarks share: random unit vectors written straight into a catalog
+(no images, no model), indexed as `stylesearch index` would."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stylesearch.catalog import open_catalog
+from stylesearch.index_build import build_index
+
+
+def random_vector_dataset(paths, count: int, spec, dim: int = 512, seed: int = 0) -> np.ndarray:
+    """`count` random 512-d unit vectors as items 0.jpg, 1.jpg, ... of `spec`'s model; returns them."""
+    rng = np.random.default_rng(seed)
+    data = rng.standard_normal((count, dim), dtype=np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    with open_catalog(paths, create=True) as cat, cat.transaction():
+        cat.ensure_model(spec.key, spec.name, spec.pretrained or "", dim, "float32")
+        cat.conn.executemany("INSERT INTO items(path, content_hash, status) VALUES(?,?, 'ok')",
+                             [(f"{i}.jpg", f"{i:064d}") for i in range(count)])
+        cat.put_vectors(spec.key, [f"{i:064d}" for i in range(count)], data, "float32")
+    build_index(paths, spec.key)
+    return data

@@ -129,7 +129,7 @@ def test_same_model_flag_works_across_every_command(cli, root, tiny_weights):
         for n in range(8):
             a, l, r = items[n], items[n + 1], items[n + 2]
             append_jsonl(paths.triplets, new_judgment("t", a, l, r, "left", "m", "s"))
-        report = cli.json("train", "t", *args, "--json", "--epochs", "2")
+        report = cli.json("train", "t", *args, "--json")
         assert report["model_key"] == f"{TINY}__random"
     # a second model of the same name: no flags or the name alone are ambiguous, the weights choose
     cli("embed", "t", "-m", TINY, "-p", str(tiny_weights), "--workers", "0")

@@ -156,3 +156,12 @@ def test_shipped_completions_match_the_cli(shell):
                           capture_output=True, text=True, env=env)
     assert proc.stdout.strip(), proc.stderr
     assert proc.stdout == shipped.read_text(), "regenerate with: python completions/generate.py"
+
+
+def test_new_catalogs_use_pages_that_fit_vectors(tmp_path):
+    from stylesearch.catalog import PAGE_SIZE
+
+    paths = dataset_paths("pages", tmp_path)
+    with open_catalog(paths, create=True) as cat:
+        assert cat.conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 16384
+        assert cat.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -8,7 +8,12 @@ diagonal metric in which 64 of the 512 dimensions matter; triplets answered by t
 random, or uncertain with retraining every 25 judgments. The baseline is a non-negative logistic
 model on the squared differences (L-BFGS-B, w >= 0, a weak pull toward uniform, fixed strength).
 
-Usage: python benchmarks/metric_learning.py [--quick] [--parts curves,active,lowrank,time]
+The `bound` part prints how much a learner must know to reach a given agreement here: the
+agreement of the hidden weights with a few relevant dimensions swapped for irrelevant ones or with
+relative errors on the weights, and the bits needed to name the relevant dimensions (each binary
+answer carries at most one bit).
+
+Usage: python benchmarks/metric_learning.py [--quick] [--parts curves,active,lowrank,time,bound]
 """
 
 from __future__ import annotations
@@ -181,10 +186,35 @@ def train_time(x, names, hidden, test):
           f"agreement {agreement(base, x, test):.3f}", flush=True)
 
 
+def bound(x, hidden, test):
+    """Sensitivity of the agreement to errors in the weights, and the information needed."""
+    from math import lgamma, log
+
+    from stylesearch.metric import DiagonalMetric
+
+    rng = np.random.default_rng(3)
+    relevant, irrelevant = np.flatnonzero(hidden), np.flatnonzero(hidden == 0)
+    swaps = []
+    for m in (1, 2, 4, 8):
+        w = np.zeros(DIM)
+        w[rng.choice(relevant, RELEVANT - m, replace=False)] = 1.0
+        w[rng.choice(irrelevant, m, replace=False)] = 1.0
+        swaps.append(f"{m}: {agreement(DiagonalMetric(w), x, test):.3f}")
+    print("  hidden weights with k relevant dims swapped for irrelevant ones, agreement  " + "  ".join(swaps))
+    noisy = []
+    for s in (0.05, 0.1, 0.2):
+        w = hidden * np.maximum(0.0, 1 + s * rng.standard_normal(DIM))
+        noisy.append(f"{s:.0%}: {agreement(DiagonalMetric(w), x, test):.3f}")
+    print("  hidden weights with relative errors on the relevant dims, agreement  " + "  ".join(noisy))
+    bits = (lgamma(DIM + 1) - lgamma(RELEVANT + 1) - lgamma(DIM - RELEVANT + 1)) / log(2)
+    print(f"  naming the {RELEVANT} relevant of {DIM} dims takes {bits:.0f} bits: at least {bits:.0f} binary "
+          f"answers even for a learner told that the weights are 0 or equal", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and points")
-    parser.add_argument("--parts", default="curves,active,lowrank,time")
+    parser.add_argument("--parts", default="curves,active,lowrank,time,bound")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
     x, names, hidden = world()
@@ -199,6 +229,8 @@ def main(argv=None) -> int:
         lowrank(x, names, hidden, test, args.quick)
     if "time" in parts:
         train_time(x, names, hidden, test)
+    if "bound" in parts:
+        bound(x, hidden, test)
     print(f"total {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 from urllib.parse import quote
 
 
-from .catalog_vectors import VectorTables
+from .catalog_vectors import VectorTables, in_chunks
 from .errors import CatalogError, ItemNotFound
 from .storage import DatasetPaths, now_iso
 
@@ -235,12 +235,19 @@ class Catalog(VectorTables):
         if not self.has_metadata or not ids:
             return {}
         out = {}
-        for start in range(0, len(ids), 900):
-            chunk = ids[start:start + 900]
-            marks = ",".join("?" * len(chunk))
+        for marks, chunk in in_chunks(ids):
             for item_id, meta in self.conn.execute(
                     f"SELECT id, meta FROM items WHERE meta IS NOT NULL AND id IN ({marks})", chunk):
                 out[item_id] = json.loads(meta)
+        return out
+
+    def paths_and_groups(self, ids: Iterable[int]) -> dict[int, tuple[str, str | None]]:
+        """(path, group) of the live items among ids."""
+        cols = "id, path, group_id" if self.has_metadata else "id, path, NULL"
+        out = {}
+        for marks, chunk in in_chunks(ids):
+            out.update({r[0]: (r[1], r[2]) for r in self.conn.execute(
+                f"SELECT {cols} FROM items WHERE status='ok' AND id IN ({marks})", chunk)})
         return out
 
     def metadata_fields(self) -> dict[str, int]:

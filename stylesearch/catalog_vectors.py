@@ -3,12 +3,22 @@ vectors themselves (one per model and content hash), read whole, by id, in chunk
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from .errors import CatalogError, NotReady
 from .storage import now_iso
+
+SQL_VARIABLES = 900  # ids per IN list: below SQLite's smallest limit on bound parameters (999)
+
+
+def in_chunks(ids: Iterable[int]) -> Iterator[tuple[str, list[int]]]:
+    """ids in slices small enough for one SQL `IN (...)` list, each with its "?,?,..." marks."""
+    ids = [int(i) for i in ids]
+    for start in range(0, len(ids), SQL_VARIABLES):
+        chunk = ids[start:start + SQL_VARIABLES]
+        yield ",".join("?" * len(chunk)), chunk
 
 _LIVE_VECTORS = ("FROM items i JOIN vectors v ON v.content_hash=i.content_hash AND v.model_key=? "
                  "WHERE i.status='ok'")
@@ -79,9 +89,7 @@ class VectorTables:
         if meta is None or not len(ids):
             return np.zeros(0, dtype=np.int64), np.zeros((0, meta["dim"] if meta else 0), dtype=np.float32)
         rows = []
-        for start in range(0, len(ids), 900):
-            chunk = [int(i) for i in ids[start:start + 900]]
-            marks = ",".join("?" * len(chunk))
+        for marks, chunk in in_chunks(ids):
             rows += self.conn.execute(
                 f"SELECT i.id, v.vector FROM items i JOIN vectors v ON v.content_hash=i.content_hash AND "
                 f"v.model_key=? WHERE i.status='ok' AND i.id IN ({marks})", (model_key, *chunk)).fetchall()
@@ -119,10 +127,9 @@ class VectorTables:
                               [np.zeros((0, meta["dim"]), dtype=np.float32)])
 
     def _vectors_of(self, model_key: str, ids: list[int], meta: dict) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for start in range(0, len(ids), 900):
-            chunk = ids[start:start + 900]
-            rows = self.conn.execute(f"SELECT i.id, v.vector {_LIVE_VECTORS} AND i.id IN ({','.join('?' * len(chunk))})"
-                                     " ORDER BY i.id", (model_key, *chunk)).fetchall()
+        for marks, chunk in in_chunks(ids):
+            rows = self.conn.execute(f"SELECT i.id, v.vector {_LIVE_VECTORS} AND i.id IN ({marks}) ORDER BY i.id",
+                                     (model_key, *chunk)).fetchall()
             yield self._matrix(rows, meta)
 
     @staticmethod

@@ -20,7 +20,7 @@ import numpy as np
 from .catalog import open_catalog
 from .choices import INDEX_KINDS
 from .errors import NotReady
-from .metric import Metric, load_metric
+from .metric import Metric, load_metric, similarity
 from .storage import DatasetPaths, read_json
 
 KINDS = INDEX_KINDS
@@ -65,7 +65,7 @@ class LoadedIndex:
         """(scores, ids) of the k best rows per query; scores are 1 - d^2/2 in a metric's space."""
         k = max(1, min(k, self.index.ntotal))
         scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        return (scores if self.space == RAW_SPACE else 1.0 - 0.5 * scores), ids
+        return (scores if self.space == RAW_SPACE else similarity(scores)), ids
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """Stored vectors for item ids in the index (exact for flat/HNSW/IVF, approximate for IVF-PQ)."""
@@ -156,16 +156,28 @@ def check_recall(paths: DatasetPaths, model_key: str, sample: int = 200, k: int 
             raise NotReady("The index was built for another version of the learned metric.",
                            "Build the index again.", dataset=paths.name, step="index")
         queries = _space(metric, catalog.sample_vectors(model_key, sample, seed))
-        best_ids = np.full((len(queries), k), -1, dtype=np.int64)
-        best = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        for ids, vectors in catalog.iter_vectors(model_key):
-            scores = _exact_scores(queries, _space(metric, vectors), loaded.space)
-            merged = np.concatenate([best, scores], axis=1)
-            merged_ids = np.concatenate([best_ids, np.broadcast_to(ids, scores.shape)], axis=1)
-            top = np.argsort(-merged, axis=1)[:, :k]
-            best, best_ids = np.take_along_axis(merged, top, 1), np.take_along_axis(merged_ids, top, 1)
-    _, found = loaded.search(queries, k)
-    return sum(len(set(e) & set(f)) for e, f in zip(best_ids.tolist(), found.tolist())) / float(best_ids.size)
+        exact = _exact_top(queries, ((ids, _space(metric, v)) for ids, v in catalog.iter_vectors(model_key)),
+                           k, loaded.space)
+    return _recall(loaded, queries, exact)
+
+
+def _exact_top(queries: np.ndarray, chunks, k: int, space: str) -> np.ndarray:
+    """Ids of the exact k nearest per query, over (ids, vectors) chunks (memory: one chunk)."""
+    best_ids = np.full((len(queries), k), -1, dtype=np.int64)
+    best = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    for ids, vectors in chunks:
+        scores = _exact_scores(queries, vectors, space)
+        merged = np.concatenate([best, scores], axis=1)
+        merged_ids = np.concatenate([best_ids, np.broadcast_to(ids, scores.shape)], axis=1)
+        top = np.argsort(-merged, axis=1)[:, :k]
+        best, best_ids = np.take_along_axis(merged, top, 1), np.take_along_axis(merged_ids, top, 1)
+    return best_ids
+
+
+def _recall(loaded: LoadedIndex, queries: np.ndarray, exact: np.ndarray) -> float:
+    """Share of the exact neighbours the index finds for the queries."""
+    _, found = loaded.search(queries, exact.shape[1])
+    return sum(len(set(e) & set(f)) for e, f in zip(exact.tolist(), found.tolist())) / float(exact.size)
 
 
 def _space(metric: Metric, vectors: np.ndarray) -> np.ndarray:
@@ -187,7 +199,4 @@ def recall_at_k(loaded: LoadedIndex, ids: np.ndarray, vectors: np.ndarray, sampl
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(ids), size=min(sample, len(ids)), replace=False)
     queries = vectors[pick]
-    exact = ids[np.argsort(-_exact_scores(queries, vectors, loaded.space), axis=1)[:, :k]]
-    _, found = loaded.search(queries, k)
-    hits = sum(len(set(e) & set(f)) for e, f in zip(exact.tolist(), found.tolist()))
-    return hits / float(exact.size)
+    return _recall(loaded, queries, _exact_top(queries, [(ids, vectors)], k, loaded.space))

@@ -23,6 +23,11 @@ from .errors import CatalogError
 from .storage import DatasetPaths, atomic_path, atomic_write_json, read_json
 
 
+def similarity(squared_distance: np.ndarray) -> np.ndarray:
+    """The score of a squared distance, 1 - d^2/2: cosine similarity for unit vectors under the identity."""
+    return 1.0 - 0.5 * squared_distance
+
+
 class Metric:
     """Interface of every metric kind."""
 
@@ -43,8 +48,12 @@ class Metric:
 
     def scores(self, query: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         """Similarity of each row of `vectors` to `query`: 1 - d^2/2 (cosine for the identity)."""
-        diff = self.to_euclidean(vectors - query[None, :])
-        return 1.0 - 0.5 * np.einsum("ij,ij->i", diff, diff)
+        return self.space_scores(self.to_euclidean(query[None, :])[0], self.to_euclidean(vectors))
+
+    def space_scores(self, query: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """`scores` of a query and vectors already mapped by `to_euclidean`."""
+        diff = vectors - query[None, :]
+        return similarity(np.einsum("ij,ij->i", diff, diff))
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Parameters to save."""
@@ -58,8 +67,10 @@ class Metric:
 class IdentityMetric(Metric):
     """Plain cosine similarity of unit vectors."""
 
-    def scores(self, query: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    def space_scores(self, query: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         return vectors @ query
+
+    scores = space_scores
 
 
 class DiagonalMetric(Metric):
@@ -78,7 +89,7 @@ class DiagonalMetric(Metric):
 
     def scores(self, query: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         diff = vectors - query
-        return 1.0 - 0.5 * (diff * diff) @ self.weights
+        return similarity((diff * diff) @ self.weights)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"weights": self.weights}

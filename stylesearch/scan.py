@@ -145,19 +145,26 @@ def _scan_shard(catalog: Catalog, shard: Path, rel: str, known: dict, seen: set[
 def _scan_member(catalog: Catalog, path: str, record, mtime: float, old, result: ScanResult) -> None:
     fields = {"size": len(record.data), "mtime": mtime, "content_hash": hashlib.sha256(record.data).hexdigest(),
               "caption": record.caption}
+    item_id = _record_item(catalog, path, record.data, fields, old, result)
+    catalog.set_metadata(item_id, record.meta)
+
+
+def _record_item(catalog: Catalog, path: str, source, fields: dict, old, result: ScanResult) -> int:
+    """Store an item found new or changed: its size from the image (`source`, a file or bytes),
+    status ok or corrupt (counted with a warning). Returns the item id."""
     try:
-        fields["width"], fields["height"] = image_size(record.data)
+        fields["width"], fields["height"] = image_size(source)
         fields["status"] = "ok"
     except BadImage as exc:
         fields["status"] = "corrupt"
         result.corrupt += 1
         result.warnings.append(f"{path}: {exc.message}")
     item_id = catalog.upsert_item(path, **fields)
-    catalog.set_metadata(item_id, record.meta)
     if old is None:
         result.new += 1
     else:
         result.changed += 1
+    return item_id
 
 
 def _utf8(text: str) -> bool:
@@ -184,15 +191,4 @@ def _scan_one(catalog: Catalog, file: Path, rel: str, old, result: ScanResult) -
         result.unreadable += 1
         result.warnings.append(f"{rel}: cannot be read ({exc.strerror or exc}); skipped")
         return
-    try:
-        fields["width"], fields["height"] = image_size(file)
-        fields["status"] = "ok"
-    except BadImage as exc:
-        fields["status"] = "corrupt"
-        result.corrupt += 1
-        result.warnings.append(f"{rel}: {exc.message}")
-    catalog.upsert_item(rel, **fields)
-    if old is None:
-        result.new += 1
-    else:
-        result.changed += 1
+    _record_item(catalog, rel, file, fields, old, result)

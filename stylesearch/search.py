@@ -199,10 +199,7 @@ class Searcher:
 
     def _space_scores(self, query: np.ndarray, stored: np.ndarray) -> np.ndarray:
         """Scores of vectors already in the index's space (the metric's Euclidean space, or raw)."""
-        if not self.metric.learned:
-            return stored @ query
-        diff = stored - self.metric.to_euclidean(query[None])[0]
-        return 1.0 - 0.5 * np.einsum("ij,ij->i", diff, diff)
+        return self.metric.space_scores(self.metric.to_euclidean(query[None])[0], stored)
 
     def _all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         if self._vectors is None:
@@ -224,7 +221,7 @@ class Searcher:
 
     def _rows(self, ids, scores, k: int, select: "RowFilter") -> list[dict]:
         found = [(int(i), float(s)) for i, s in zip(ids, scores)]
-        live = self._live([i for i, _ in found])
+        live = self.catalog.paths_and_groups(i for i, _ in found)
         rows, groups = [], set()
         for item_id, score in found:
             if item_id not in live or not select.keeps(item_id, score, live[item_id][1], groups):
@@ -239,17 +236,6 @@ class Searcher:
             row["group"] = live[row["id"]][1]
             row["meta"] = metadata.get(row["id"], {})
         return rows
-
-    def _live(self, ids: list[int]) -> dict[int, tuple[str, str | None]]:
-        """(path, group) of the live items among ids."""
-        out = {}
-        cols = "id, path, group_id" if self.catalog.has_metadata else "id, path, NULL"
-        for start in range(0, len(ids), 900):
-            chunk = ids[start:start + 900]
-            marks = ",".join("?" * len(chunk))
-            out.update({r[0]: (r[1], r[2]) for r in self.catalog.conn.execute(
-                f"SELECT {cols} FROM items WHERE status='ok' AND id IN ({marks})", chunk)})
-        return out
 
 
 @dataclass

@@ -7,13 +7,12 @@ valid judgments (bad JSON, wrong shape or field types) are counted and skipped, 
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
-from .storage import append_jsonl, now_iso
+from .storage import append_jsonl, json_lines, now_iso
 
 CHOICES = ("left", "right", "too_similar", "anchor_different", "unknown")
 DECISIVE = ("left", "right")
@@ -48,14 +47,7 @@ def parse_log_lines(lines) -> LogContents:
     """Judgments still in force (undo applied); malformed lines are skipped and counted."""
     out = LogContents()
     by_id: dict[str, dict] = {}
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            out.malformed += 1
-            continue
+    for rec in json_lines(lines):
         if _valid_undo(rec):
             out.undone += by_id.pop(rec["undo"], None) is not None
         elif valid_judgment(rec):

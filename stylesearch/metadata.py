@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .catalog import open_catalog
 from .errors import UserError
-from .storage import DatasetPaths, writer_lock
+from .storage import DatasetPaths, json_lines, writer_lock
 
 # How a metadata row names its item, by preference: an `id` column is the catalog's item id only when
 # nothing else names the item (in a downloaded catalogue `id` is the source's own id, `url` names the item).
@@ -68,13 +68,7 @@ def read_metadata_rows(path: str | Path, text: str | None = None) -> tuple[list[
         text = path.read_text(encoding="utf-8", errors="replace")
     if path.suffix.lower() in (".jsonl", ".json") or text.lstrip().startswith("{"):
         rows, bad = [], 0
-        for line in text.splitlines():
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except (json.JSONDecodeError, RecursionError, ValueError):
-                record = None
+        for record in json_lines(text.splitlines()):
             if isinstance(record, dict):
                 rows.append(record)
             else:

@@ -30,6 +30,7 @@ from typing import TextIO
 
 from .errors import UserError
 from .metadata import typed_value
+from .storage import json_lines
 
 URL_KEYS = ("url", "image_url", "link", "src")
 LIST_KEYS = ("images", "image_urls", "urls")  # columns holding a JSON array of image URLs
@@ -239,14 +240,7 @@ def _no_url_column(header: list[str]) -> UserError:
 
 def _parse_jsonl(text: str) -> tuple[list[Entry], int]:
     entries, bad = [], 0
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError):  # bad JSON, absurdly long numbers or deep nesting
-            bad += 1
-            continue
+    for record in json_lines(text.splitlines()):
         if isinstance(record, str):
             record = {"url": record}
         found = row_entries(record) if isinstance(record, dict) else None

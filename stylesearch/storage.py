@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from .choices import THUMB_FORMATS
 from .errors import DatasetBusy, DatasetNotFound, UserError
@@ -118,6 +118,18 @@ def append_jsonl(target: str | os.PathLike, record: dict) -> None:
         fh.write(line)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def json_lines(lines: Iterable[str]) -> Iterator[Any]:
+    """The JSON value of each non-blank line, None for a line that is not JSON (bad syntax,
+    numbers too long to convert, nesting too deep): callers count those as malformed."""
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+            yield None
 
 
 def read_json(path: str | os.PathLike, default: Any = None) -> Any:

@@ -58,6 +58,14 @@ def test_judgment_lines_never_crash_and_every_line_is_accounted_for(lines):
         assert len({judgment["anchor"], judgment["left"], judgment["right"]}) == 3
 
 
+def test_judgment_lines_with_huge_numbers_or_deep_nesting_are_counted_as_malformed():
+    good = json.dumps({"anchor": "a", "left": "b", "right": "c", "choice": "left", "id": "j1"})
+    lines = [good, '{"anchor": ' + "1" * 5000 + "}", "[" * 100_000 + "]" * 100_000]
+    contents = parse_log_lines(lines)
+    assert [j["id"] for j in contents.judgments] == ["j1"]
+    assert contents.malformed == 2
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.text(max_size=40) | st.builds("{}{}{}".format, st.sampled_from(["a", "price", " x.y ", "1a", ""]),
                                          st.sampled_from(["=", "<", "<=", "!=", " in ", " not in ", " exists", "<<"]),

@@ -10,11 +10,11 @@ import numpy as np
 
 from .catalog import Item, open_catalog
 from .choices import ATLAS_ORDERS
-from .errors import NotReady, UserError
+from .errors import NotReady, PathRefused, UserError
 from .images import BadImage, load_rgb
 from .progress import Progress, or_null
 from .scan import scan
-from .storage import DatasetPaths, atomic_path, atomic_write_json, read_json, thumb_format, thumbnail_for, writer_lock
+from .storage import DatasetPaths, atomic_path, atomic_write_json, read_json_or_none, thumb_format, thumbnail_for, writer_lock
 
 
 ORDERS = ATLAS_ORDERS
@@ -105,7 +105,7 @@ def _render_page(paths, chunk: list[Item], page: int, cols: int, opt: AtlasOptio
         progress.advance()
         try:
             img = load_rgb(thumbnail_for(paths, item.path, item.content_hash, fmt), draft=opt.tile)
-        except (BadImage, OSError):
+        except (BadImage, PathRefused, OSError):
             skipped.append(item.path)
             continue
         img.thumbnail((opt.tile, opt.tile), Image.Resampling.LANCZOS, reducing_gap=3.0)
@@ -120,6 +120,8 @@ def _render_page(paths, chunk: list[Item], page: int, cols: int, opt: AtlasOptio
 
 
 def _remove_stale_pages(paths: DatasetPaths, pages: int) -> None:
-    old = read_json(paths.atlas_manifest) or {}
-    for name in old.get("pages", [])[pages:]:
+    """Delete the pages of the previous atlas beyond the new one's count (only names this code writes)."""
+    old = read_json_or_none(paths.atlas_manifest) or {}
+    keep = {paths.atlas_page_name(p) for p in range(pages)}
+    for name in set(paths.atlas_page_names(old)) - keep:
         (paths.atlas / name).unlink(missing_ok=True)

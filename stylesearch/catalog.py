@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +14,12 @@ from urllib.parse import quote
 
 
 from .catalog_vectors import VectorTables, in_chunks
-from .errors import CatalogError, ItemNotFound
-from .storage import DatasetPaths, now_iso
+from .errors import CatalogError, ItemNotFound, StyleSearchError
+from .storage import DatasetPaths, full_disk_as_error, is_disk_full, now_iso
 
 SCHEMA_VERSION = 2
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+_ID = re.compile(r"-?[0-9]+")
 PAGE_SIZE = 16384  # for new catalogs (see benchmarks/catalog_size.py)
 
 _MIGRATIONS: list[str] = [
@@ -159,7 +163,7 @@ class Catalog(VectorTables):
         return _ITEM_COLS if self.has_metadata else _V1_ITEM_COLS
 
     def transaction(self):
-        return _Transaction(self.conn)
+        return _Transaction(self.conn, self.paths.catalog)
 
     # -- items
     def upsert_item(self, path: str, **fields) -> int:
@@ -195,14 +199,18 @@ class Catalog(VectorTables):
         )
 
     def item(self, ref: str | int) -> Item:
-        """Find an item by numeric id or relative path."""
-        text = str(ref)
-        if text.isdigit():
-            row = self.conn.execute(f"SELECT {self._cols} FROM items WHERE id=?", (int(text),)).fetchone()
-        else:
+        """Find an item by numeric id or relative path. An id SQLite cannot hold (negative, beyond 2^63)
+        or text that is not valid Unicode names no item."""
+        text = ref if isinstance(ref, str) else str(int(ref))
+        row = None
+        if _ID.fullmatch(text):
+            if len(text) <= 19 and 0 <= int(text) <= MAX_ID:
+                row = self.conn.execute(f"SELECT {self._cols} FROM items WHERE id=?", (int(text),)).fetchone()
+        elif _storable(text) == text:
             row = self.conn.execute(f"SELECT {self._cols} FROM items WHERE path=?", (text,)).fetchone()
         if not row:
-            raise ItemNotFound(f"No item {text!r} in dataset {self.paths.name!r}.",
+            shown = repr(text) if len(text) <= 80 else f"{text[:40]!r}... ({len(text)} characters)"
+            raise ItemNotFound(f"No item {shown} in dataset {self.paths.name!r}.",
                                "Use an item id or catalog path, as search results show them.", dataset=self.paths.name)
         return Item(*row)
 
@@ -330,17 +338,43 @@ def _storable(text: str) -> str:
 
 
 class _Transaction:
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an error; a full disk becomes DiskFull naming the catalog
+    (the catalog keeps its state before the transaction)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path):
+        self.conn, self.path = conn, path
 
     def __enter__(self):
         self.conn.execute("BEGIN IMMEDIATE")
         return self.conn
 
-    def __exit__(self, exc_type, *_):
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+    def __exit__(self, exc_type, exc, _tb):
+        with full_disk_as_error(self.path):
+            if exc_type is None:
+                try:
+                    self.conn.execute("COMMIT")
+                except sqlite3.Error:
+                    self._rollback()
+                    raise
+                return False
+            self._rollback()
+            if is_disk_full(exc) and not isinstance(exc, StyleSearchError):
+                raise exc
+        return False
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):  # none is active when SQLite already rolled it back
+            self.conn.execute("ROLLBACK")
 
 
 def open_catalog(paths: DatasetPaths, create: bool = False, readonly: bool = False) -> Catalog:
-    """A writer connection (creating and migrating the catalog), or with `readonly` a reader's."""
-    return Catalog(paths, create=create, readonly=readonly)
+    """A writer connection (creating and migrating the catalog), or with `readonly` a reader's.
+
+    A reader refuses a catalog without tables (emptied to 0 bytes, say); a writer makes them anew."""
+    catalog = Catalog(paths, create=create, readonly=readonly)
+    if catalog.readonly and catalog.version == 0:
+        catalog.close()
+        raise CatalogError(f"Catalog {paths.catalog} is empty: its items and vectors are lost.",
+                           "Restore it from a backup, or embed the images again to rebuild it.",
+                           dataset=paths.name, step="embed")
+    return catalog

@@ -7,7 +7,8 @@ import sqlite3
 
 from .catalog import open_catalog
 from .errors import StyleSearchError
-from .storage import DatasetPaths, datasets_root, existing_dataset, list_dataset_names, read_json
+from .storage import (DatasetPaths, datasets_root, existing_dataset, list_dataset_names,
+                      read_json_or_none)
 
 
 def create_dataset(paths: DatasetPaths) -> None:
@@ -57,8 +58,8 @@ def describe(name: str, root: str | os.PathLike | None = None) -> dict:
         metadata_fields = cat.metadata_fields()
     for model in models:
         key = model["model_key"]
-        model["index"] = read_json(paths.index_sidecar(key))
-        model["metric"] = read_json(paths.metric_meta(key))
+        model["index"] = read_json_or_none(paths.index_sidecar(key))  # None: missing or damaged
+        model["metric"] = read_json_or_none(paths.metric_meta(key))
     return {
         "name": name,
         "root": str(datasets_root(root)),
@@ -76,6 +77,6 @@ def describe(name: str, root: str | os.PathLike | None = None) -> dict:
         "models": models,
         "labels": {"judgments": count_lines(paths.triplets)},
         "metadata": metadata_fields,
-        "thumbnails": read_json(paths.thumbs_params),
-        "atlas": (read_json(paths.atlas_manifest) or {}).get("pages"),
+        "thumbnails": read_json_or_none(paths.thumbs_params),
+        "atlas": paths.atlas_page_names(read_json_or_none(paths.atlas_manifest) or {}) or None,
     }

@@ -59,3 +59,11 @@ class DatasetBusy(StyleSearchError):
 
 class CatalogError(StyleSearchError):
     """The catalog is unreadable or from an unknown newer schema."""
+
+
+class PathRefused(UserError):
+    """A path that would leave the dataset folder (a hostile catalog row, manifest entry or link)."""
+
+
+class DiskFull(StyleSearchError):
+    """A write failed for lack of space; the previous state of the file is kept."""

@@ -5,26 +5,54 @@ One clause per filter, all clauses must hold (AND):
     FIELD = VALUE      FIELD != VALUE      FIELD < VALUE   (also <=, >, >=)
     FIELD in (A, B)    FIELD not in (A, B) FIELD exists
 
-FIELD is a metadata field (nested objects as `a.b`; a list matches when any element does) or
-one of the item's own fields: width, height, path, group, caption. VALUE is a number, a bare
-word, or a quoted string ('...' or "..."). Text compares without regard to case; `<`/`>` compare
-numbers as numbers and other values as text (so ISO dates work). `!=` and `not in` also match
-items that do not have the field.
+FIELD is one of the item's own fields (width, height, path, group, caption) or else a metadata
+field (nested objects as `a.b`; a list matches when any element does); `meta.FIELD` always names
+the metadata field FIELD, e.g. `meta.width` or `meta.id`. Results show a metadata field whose name
+is also a result field under that `meta.` name (`meta_column`). VALUE is a number, a bare word, or a
+quoted string ('...' or "..."). Text compares without regard to case; `<`/`>` compare numbers as
+numbers (of any size: beyond SQLite's integers as floats) and other values as text (so ISO dates
+work). `!=` and `not in` also match items that do not have the field.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from dataclasses import dataclass
 
 from .errors import UserError
 
 ITEM_FIELDS = {"width": "width", "height": "height", "path": "path", "group": "group_id", "caption": "caption"}
+META_PREFIX = "meta."
+# fields of result rows (search, the server) and coordinate files (umap-export): metadata of these names is
+# shown as meta.NAME, never in their place
+RESULT_FIELDS = frozenset({"rank", "score", "dataset", "id", "path", "file", "group", "meta", "x", "y", "hash",
+                           *ITEM_FIELDS})
 _FIELD = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*")
 _OPERATOR = re.compile(r"(not\s+in\b|in\b|exists\b|==|!=|<=|>=|=|<|>)\s*", re.I)
 _VALUE = re.compile(r"""\s*(?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)'|([^,()'"]*[^,()'"\s]))\s*""")
 GRAMMAR_HINT = ("Filters are FIELD OP VALUE with OP one of = != < <= > >=, or FIELD in (A, B), "
                 "FIELD not in (A, B), FIELD exists; e.g. category=summer, \"style in (photo, illustration)\", price<50.")
+
+
+def meta_column(key: str) -> str:
+    """The name a metadata field is shown and filtered under beside result fields: `meta.KEY` when
+    KEY is a result field (or starts with `meta.`), else KEY."""
+    return META_PREFIX + key if key in RESULT_FIELDS or key.startswith(META_PREFIX) else key
+
+
+def flat_meta(meta: dict) -> dict:
+    """Metadata as flat columns under their shown names; lists and objects as JSON text."""
+    return {meta_column(k): json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v
+            for k, v in meta.items()}
+
+
+def _target(field: str) -> tuple[str | None, str]:
+    """(the items column, or None for a metadata field; the metadata key the field names otherwise)."""
+    if field.startswith(META_PREFIX):
+        return None, field[len(META_PREFIX):]
+    return ITEM_FIELDS.get(field), field
 
 
 @dataclass(frozen=True)
@@ -48,11 +76,15 @@ def _fail(expr: str, pos: int, what: str) -> UserError:
 
 
 def _number(text: str):
+    """The number a bare word writes: an int SQLite can hold (up to 18 digits), else a float (larger
+    integers approximately, 1e400 as inf); other words, and NaN, stay text."""
+    if re.fullmatch(r"[+-]?[0-9]{1,18}", text):
+        return int(text)
     try:
         value = float(text)
     except ValueError:
         return text
-    return int(value) if value.is_integer() and re.fullmatch(r"[+-]?\d+", text) else value
+    return text if math.isnan(value) else value
 
 
 def _value(expr: str, pos: int) -> tuple[object, str, int]:
@@ -87,6 +119,8 @@ def _list(expr: str, pos: int) -> tuple[tuple, tuple, int]:
 
 def parse_clause(expr: str) -> Clause:
     """One filter clause, or a UserError pointing at the position where it stops making sense."""
+    if expr.encode("utf-8", "replace").decode("utf-8") != expr:
+        raise UserError(f"Cannot read filter {expr!r}: it is not valid Unicode text.", GRAMMAR_HINT)
     m = _FIELD.match(expr)
     if not m:
         raise _fail(expr, len(expr) - len(expr.lstrip()), "expected a field name")
@@ -114,9 +148,10 @@ def parse_filters(exprs: list[str]) -> list[Clause]:
 
 def check_fields(clauses: list[Clause], known_metadata: set[str]) -> None:
     """Refuse fields no item has, listing the fields there are."""
-    known = set(ITEM_FIELDS) | known_metadata
     for clause in clauses:
-        if clause.field not in known:
+        column, key = _target(clause.field)
+        if column is None and key not in known_metadata:
+            known = set(ITEM_FIELDS) | {meta_column(k) for k in known_metadata}
             raise UserError(f"Unknown field {clause.field!r} in filter '{clause}'.",
                             f"Known fields: {', '.join(sorted(known))}.")
 
@@ -136,20 +171,39 @@ def _item_condition(column: str, op: str, value) -> tuple[str, list]:
     return f"{column} {op} ?{collate}", [value]
 
 
+def _json_list(values) -> str:
+    """A list of any length as one JSON parameter (read with json_each): no limit on SQL variables or
+    expression depth. Infinities, which equal no stored value, are left out."""
+    return json.dumps([v for v in values if not (isinstance(v, float) and math.isinf(v))])
+
+
+def _in_list(column: str | None, clause: Clause) -> tuple[str, list]:
+    """`IN` as the union of the `=` conditions of its values, on an items column or (None) on item_meta."""
+    if column in ("width", "height"):
+        return f"{column} IN (SELECT value FROM json_each(?))", [_json_list(clause.values)]
+    if column is not None:  # text columns: numbers as SQLite writes them, as `=` compares them
+        return (f"{column} COLLATE NOCASE IN (SELECT CAST(value AS TEXT) FROM json_each(?))",
+                [_json_list(clause.values)])
+    numbers = [v for v in clause.values if isinstance(v, (int, float))]
+    return ("(value_num IN (SELECT value FROM json_each(?)) OR "
+            "value_text COLLATE NOCASE IN (SELECT value FROM json_each(?)))", [_json_list(numbers),
+                                                                               json.dumps(list(clause.texts))])
+
+
 def _positive(clause: Clause, op: str) -> tuple[str, list]:
     """SQL for the clause with != / not in turned into = / in (negated by the caller)."""
-    if clause.field in ITEM_FIELDS:
-        column = ITEM_FIELDS[clause.field]
+    column, key = _target(clause.field)
+    if column is not None:
         if op == "exists":
             return f"{column} IS NOT NULL", []
-        parts = [_item_condition(column, "=" if op == "in" else op, v) for v in clause.values]
-        return "(" + " OR ".join(p for p, _ in parts) + ")", [a for _, args in parts for a in args]
+        if op == "in":
+            return _in_list(column, clause)
+        return _item_condition(column, op, clause.values[0])
     if op == "exists":
-        return "id IN (SELECT item_id FROM item_meta WHERE key = ?)", [clause.field]
-    parts = [_meta_condition("=" if op == "in" else op, v, t) for v, t in zip(clause.values, clause.texts)]
-    sql = " OR ".join(p for p, _ in parts)
-    return f"id IN (SELECT item_id FROM item_meta WHERE key = ? AND ({sql}))", [
-        clause.field, *[a for _, args in parts for a in args]]
+        return "id IN (SELECT item_id FROM item_meta WHERE key = ?)", [key]
+    sql, args = (_in_list(None, clause) if op == "in" else
+                 _meta_condition(op, clause.values[0], clause.texts[0]))
+    return f"id IN (SELECT item_id FROM item_meta WHERE key = ? AND {sql})", [key, *args]
 
 
 def to_sql(clauses: list[Clause]) -> tuple[str, list]:
@@ -163,4 +217,12 @@ def to_sql(clauses: list[Clause]) -> tuple[str, list]:
         sql, clause_args = _positive(clause, op)
         parts.append(f"NOT COALESCE({sql}, 0)" if negate else sql)
         args += clause_args
-    return " AND ".join(f"({p})" for p in parts), args
+    return _all(parts), args
+
+
+def _all(parts: list[str]) -> str:
+    """`(a) AND (b) AND ...` as a balanced tree: any number of clauses stays within SQLite's expression depth."""
+    if len(parts) == 1:
+        return f"({parts[0]})"
+    middle = len(parts) // 2
+    return f"({_all(parts[:middle])} AND {_all(parts[middle:])})"

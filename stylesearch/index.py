@@ -8,20 +8,26 @@ differs from the index's falls back to exact search until the index is rebuilt.
 
 Layout per model: index/<model_key>/index.json (sidecar, replaced last) naming the
 `index-<stamp>.faiss` and `members-<stamp>.npz` files it belongs to, so a reader never
-sees a half-written index, and readers holding the old files keep working.
+sees a half-written index, and readers holding the old files keep working. Damaged files (a
+sidecar that is not the JSON this code writes, an unreadable `.faiss`) make `read_index` raise
+IndexDamaged; searches then run exactly with a warning (`load_index`), and the next build
+replaces the index in full.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from .catalog import open_catalog
 from .choices import INDEX_KINDS
-from .errors import NotReady
+from .errors import CatalogError, NotReady
 from .metric import Metric, load_metric, similarity
-from .storage import DatasetPaths, read_json
+from .storage import DatasetPaths, read_json_or_none
+
+log = logging.getLogger(__name__)
 
 KINDS = INDEX_KINDS
 IVF_KINDS = ("ivf", "ivfsq", "ivfpq")
@@ -123,30 +129,79 @@ def _read_flags(kind: str) -> int:
     return faiss.IO_FLAG_MMAP_IFC if kind == "flat" else 0
 
 
-def load_index(paths: DatasetPaths, model_key: str, effort: int | None = None,
+class IndexDamaged(CatalogError):
+    """The index files of a model are damaged; the catalog is not, so building the index again mends it."""
+
+
+def index_meta(paths: DatasetPaths, model_key: str) -> dict | None:
+    """The sidecar of a model's index as written by a build; None when it is missing or damaged."""
+    meta = read_json_or_none(paths.index_sidecar(model_key))
+    return meta if isinstance(meta, dict) and _sidecar_problem(paths, meta) is None else None
+
+
+def _sidecar_problem(paths: DatasetPaths, meta) -> str | None:
+    """Why a sidecar cannot be what a build wrote, or None."""
+    if meta is None:
+        return "is not readable JSON"
+    if not isinstance(meta, dict):
+        return "is not a JSON object"
+    if meta.get("kind") not in KINDS or not isinstance(meta.get("space", RAW_SPACE), str):
+        return "names no known index kind and space"
+    names = (meta.get("file"), meta.get("members"))
+    if not all(isinstance(n, str) and "/" not in n and paths.is_index_version_name(n) for n in names):
+        return "names no index files of this folder"
+    if not isinstance(meta.get("nprobe") or 0, int):
+        return "has a search effort that is not a number"
+    return None
+
+
+def _damaged(paths: DatasetPaths, model_key: str, what: str) -> IndexDamaged:
+    return IndexDamaged(f"The index of {model_key} in dataset {paths.name!r} is damaged: {what}.",
+                        "Build the index again; the catalog is intact.", dataset=paths.name, step="index")
+
+
+def read_index(paths: DatasetPaths, model_key: str, effort: int | None = None,
                writable: bool = False) -> LoadedIndex | None:
-    """The current index of a model, or None if none was built. Retries once if swapped mid-read."""
+    """The current index of a model, or None if none was built; IndexDamaged when its files are damaged.
+    Retries once if swapped mid-read."""
     import faiss
 
+    sidecar = paths.index_sidecar(model_key)
     for _ in range(2):
-        meta = read_json(paths.index_sidecar(model_key))
-        if meta is None:
+        if not sidecar.exists():
             return None
+        meta = read_json_or_none(sidecar)
+        problem = _sidecar_problem(paths, meta)
+        if problem:
+            raise _damaged(paths, model_key, f"{sidecar} {problem}")
+        file = paths.index_dir(model_key) / meta["file"]
         try:
-            index = faiss.read_index(str(paths.index_dir(model_key) / meta["file"]), 0 if writable else _read_flags(meta["kind"]))
-        except RuntimeError:
+            index = faiss.read_index(str(file), 0 if writable else _read_flags(meta["kind"]))
+            if not hasattr(index, "id_map"):
+                raise _damaged(paths, model_key, f"{file} is not an index this code writes")
+            tune(index, meta, effort)
+        except (RuntimeError, AttributeError, TypeError):  # swapped by a new build meanwhile, or damaged
             continue
-        tune(index, meta, effort)
         return LoadedIndex(index, meta)
-    raise NotReady(f"Index of {model_key} could not be read.", "Build the index again.", dataset=paths.name,
-                   step="index")
+    raise _damaged(paths, model_key, f"{file} cannot be read")
+
+
+def load_index(paths: DatasetPaths, model_key: str, effort: int | None = None,
+               writable: bool = False) -> LoadedIndex | None:
+    """The current index of a model for searching: None if none was built, or (with a warning) when its
+    files are damaged, so searches run exactly until the next build replaces it."""
+    try:
+        return read_index(paths, model_key, effort, writable)
+    except IndexDamaged as exc:
+        log.warning("%s Searching exactly (slower) until the index is built again.", exc.message)
+        return None
 
 
 def check_recall(paths: DatasetPaths, model_key: str, sample: int = 200, k: int = 10, seed: int = 0) -> float:
     """recall@k of the stored index against exact search in the index's space, on sampled queries.
 
     The exact neighbours are found by streaming the catalog's vectors in chunks (memory stays bounded)."""
-    loaded = load_index(paths, model_key)
+    loaded = read_index(paths, model_key)
     if loaded is None:
         raise NotReady(f"No index for {model_key}.", "Build the index first.", dataset=paths.name, step="index")
     with open_catalog(paths, readonly=True) as catalog:

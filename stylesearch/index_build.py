@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import time
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 
 from .catalog import open_catalog
 from .errors import NotReady, UserError
-from .index import IVF_KINDS, KINDS, RAW_SPACE, _space, load_index, metric_space
+from .index import IVF_KINDS, KINDS, RAW_SPACE, IndexDamaged, _space, metric_space, read_index
 from .index_plan import CHUNK, IndexPlan, choose_plan, format_bytes
 from .metric import Metric, load_metric
 from .progress import Progress, or_null
@@ -87,12 +88,18 @@ def new_index(plan: IndexPlan, l2: bool = False):
 
 
 def _incremental_plan(paths: DatasetPaths, model_key: str, target: Target, ids, keys):
-    """(existing index, mask of rows to add, ids to remove or None, old members), or None for a full build."""
-    old = load_index(paths, model_key, writable=True)
+    """(existing index, mask of rows to add, ids to remove or None, old members), or None for a full build
+    (also when the existing index or its members file is damaged: the build replaces them)."""
+    try:
+        old = read_index(paths, model_key, writable=True)
+    except IndexDamaged:
+        return None
     kind = target.kind
     if old is None or old.meta["kind"] != kind or old.space != target.space or old.index.d != target.plan.dim:
         return None
-    members = np.load(paths.index_dir(model_key) / old.meta["members"])
+    members = _members(paths.index_dir(model_key) / old.meta["members"], old.index.ntotal)
+    if members is None:
+        return None
     old_pairs = set(zip(members["ids"].tolist(), members["keys"].tolist()))
     new_pairs = set(zip(ids.tolist(), keys.tolist()))
     stale = old_pairs - new_pairs
@@ -105,6 +112,16 @@ def _incremental_plan(paths: DatasetPaths, model_key: str, target: Target, ids, 
     if len(stale) > 0.2 * max(1, len(old_pairs)) or (changed and not removable):
         return None
     return old, to_add, np.array(sorted(i for i, _ in stale), dtype=np.int64) if removable else None, members
+
+
+def _members(file, count: int) -> dict | None:
+    """The ids and content keys of an index version, or None when the file is damaged or does not match."""
+    try:
+        with np.load(file) as data:
+            members = {"ids": np.asarray(data["ids"], dtype=np.int64), "keys": np.asarray(data["keys"], dtype="S16")}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # missing, cut short, not an npz
+        return None
+    return members if len(members["ids"]) == len(members["keys"]) == count else None
 
 
 def _write(paths, catalog, model, metric: Metric, ids, keys, target: Target, full, progress) -> dict:

@@ -13,10 +13,11 @@ import math
 import io
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .catalog import open_catalog
+from .catalog import _storable, open_catalog
 from .errors import UserError
 from .storage import DatasetPaths, json_lines, writer_lock
 
@@ -33,9 +34,9 @@ def typed_value(text: str):
     if value == "":
         return None
     if _NUMBER.fullmatch(value) and not _LEADING_ZERO.match(value):
+        if re.fullmatch(r"[+-]?\d+", value):  # beyond 2^53: exact only as text (int() refuses 4,300 digits)
+            return int(value) if len(value.lstrip("+-")) < 17 and abs(int(value)) < 2**53 else value
         number = float(value)
-        if re.fullmatch(r"[+-]?\d+", value):
-            return int(value) if abs(int(value)) < 2**53 else value  # beyond 2^53: exact only as text
         return number if math.isfinite(number) else value
     if value.lower() in ("true", "false"):
         return value.lower() == "true"
@@ -66,6 +67,7 @@ def read_metadata_rows(path: str | Path, text: str | None = None) -> tuple[list[
         if not path.is_file():
             raise UserError(f"Metadata file {path} does not exist.")
         text = path.read_text(encoding="utf-8", errors="replace")
+    text = text.lstrip("\ufeff")  # a byte order mark, as spreadsheet programs write
     if path.suffix.lower() in (".jsonl", ".json") or text.lstrip().startswith("{"):
         rows, bad = [], 0
         for record in json_lines(text.splitlines()):
@@ -99,6 +101,7 @@ def attach_metadata(paths: DatasetPaths, rows: list[dict], malformed: int = 0, r
     """Merge each row's fields into the metadata of the item it names (by path, id or URL)."""
     result = MetadataResult(malformed_lines=malformed)
     key = _key_column(rows)
+    skipped: Counter = Counter()
     guard = writer_lock(paths) if lock else contextlib.nullcontext()
     with guard, open_catalog(paths) as catalog, catalog.transaction():
         lookup = _item_lookup(catalog, key)
@@ -108,9 +111,28 @@ def attach_metadata(paths: DatasetPaths, rows: list[dict], malformed: int = 0, r
                 result.unknown_items += 1
                 result.warnings.append(f"no item with {key} {row.get(key)!r}")
                 continue
-            catalog.set_metadata(item_id, {k: v for k, v in row.items() if k != key}, replace=replace)
+            catalog.set_metadata(item_id, _valid_text({k: v for k, v in row.items() if k != key}, skipped),
+                                 replace=replace)
             result.updated += 1
+    result.warnings += [f"skipped field {name!r} in {n} row{'s' if n > 1 else ''}: its name is not valid Unicode "
+                        "text" for name, n in skipped.items()]
     return result
+
+
+def _valid_text(value, skipped: Counter, prefix: str = ""):
+    """The value with fields whose names are not valid Unicode (lone surrogates from JSON escapes)
+    left out and counted in `skipped`, and such text in values made valid ('?' in their place)."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if _storable(k) != k:
+                skipped[prefix + k] += 1
+            else:
+                out[k] = _valid_text(v, skipped, f"{prefix}{k}.")
+        return out
+    if isinstance(value, list):
+        return [_valid_text(v, skipped, prefix) for v in value]
+    return _storable(value) if isinstance(value, str) else value
 
 
 def _item_lookup(catalog, key: str):

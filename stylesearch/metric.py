@@ -9,18 +9,22 @@ plain L2 distance equals the metric's distance (what the index and UMAP use). Ki
 
 Scores are 1 - d^2/2, which equals cosine similarity for unit vectors under the identity.
 `weights.json` names the kind; its parameters live in `weights.npz`. Fitting lives in
-metric_train.py.
+metric_train.py. Parameters that cannot rank (NaN, infinite, negative weights, absurdly large,
+all zero) are refused at load, never used to rank.
 """
 
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from typing import ClassVar
 
 import numpy as np
 
-from .errors import CatalogError
-from .storage import DatasetPaths, atomic_path, atomic_write_json, read_json
+from .errors import CatalogError, StyleSearchError
+from .storage import DatasetPaths, atomic_path, atomic_write_json, read_json_or_none
+
+PARAMETER_LIMIT = 1e6  # trained parameters are near 1 (weights of mean 1, a projection of trace dim)
 
 
 def similarity(squared_distance: np.ndarray) -> np.ndarray:
@@ -139,30 +143,56 @@ def _from_arrays(arrays, meta: dict) -> Metric:
 def load_metric(paths: DatasetPaths, model_key: str, raw: bool = False, dim: int | None = None) -> Metric:
     """The learned metric of a model (IdentityMetric when none is trained, or when `raw`).
 
-    With `dim`, a metric trained for vectors of another size is refused with a clear error.
+    Damaged files, parameters that cannot rank (see `parameter_problem`) and, with `dim`, a metric
+    trained for vectors of another size are refused with a clear error.
     """
     if raw:
         return IdentityMetric()
-    meta = read_json(paths.metric_meta(model_key))
+    arrays, legacy = paths.metric_arrays(model_key), paths.legacy_metric_weights(model_key)
+    file = arrays if arrays.exists() else legacy if legacy.exists() else None
+    if file is None:
+        return IdentityMetric()
+    meta_file = paths.metric_meta(model_key)
+    meta = read_json_or_none(meta_file) if meta_file.exists() else {}
+    if not isinstance(meta, dict):
+        raise _unusable(paths, model_key, f"The learned metric's description {meta_file} is damaged.")
     try:
-        if paths.metric_arrays(model_key).exists():
-            with np.load(paths.metric_arrays(model_key)) as data:
-                metric = _from_arrays(data, meta or {})
-        elif paths.legacy_metric_weights(model_key).exists():
-            metric = DiagonalMetric(np.load(paths.legacy_metric_weights(model_key)), meta)
+        if file == arrays:
+            with np.load(file) as data:
+                metric = _from_arrays(data, meta)
         else:
-            return IdentityMetric()
-    except (OSError, ValueError, KeyError) as exc:
-        raise CatalogError(f"The learned metric in {paths.metric_dir(model_key)} cannot be read ({exc}).",
-                           "Train the metric again, or delete that folder to search without it.",
-                           dataset=paths.name, step="train") from None
+            metric = DiagonalMetric(np.load(file), meta)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise _unusable(paths, model_key, f"The learned metric in {file} cannot be read ({exc}).") from None
+    problem = parameter_problem(metric)
+    if problem:
+        raise _unusable(paths, model_key, f"The learned metric in {file} has {problem}.")
     if dim is not None and metric.input_dim != dim:
-        raise CatalogError(
-            f"The learned metric in {paths.metric_dir(model_key)} is for {metric.input_dim}-dimensional "
-            f"vectors, but model {model_key} gives {dim} dimensions.",
-            "Train the metric again for this model, or delete that folder to search without it.",
-            dataset=paths.name, step="train")
+        raise _unusable(paths, model_key, f"The learned metric in {paths.metric_dir(model_key)} is for "
+                        f"{metric.input_dim}-dimensional vectors, but model {model_key} gives {dim} dimensions.",
+                        "for this model")
     return metric
+
+
+def parameter_problem(metric: Metric) -> str | None:
+    """Why a metric's parameters cannot rank (NaN, infinite, negative weights, beyond PARAMETER_LIMIT,
+    all zero), or None."""
+    for name, array in metric.arrays().items():
+        values = np.asarray(array, dtype=np.float64)
+        if not np.isfinite(values).all():
+            return f"{name} that are NaN or infinite"
+        if np.abs(values).max(initial=0.0) > PARAMETER_LIMIT:
+            return f"{name} beyond {PARAMETER_LIMIT:g}"
+        if not values.any():
+            return f"{name} that are all zero"
+    if isinstance(metric, DiagonalMetric) and (metric.weights < 0).any():
+        return "negative weights"
+    return None
+
+
+def _unusable(paths: DatasetPaths, model_key: str, message: str, purpose: str = "") -> CatalogError:
+    return CatalogError(message, f"Train the metric again{' ' + purpose if purpose else ''}, or delete "
+                        f"{paths.metric_dir(model_key)} to search without it.", dataset=paths.name, step="train")
 
 
 def metric_version(metric: Metric) -> str:
@@ -174,7 +204,12 @@ def metric_version(metric: Metric) -> str:
 
 
 def save_metric(paths: DatasetPaths, model_key: str, metric: Metric) -> dict:
-    """Save parameters (with kind and version, one atomic file), then the metadata; returns it."""
+    """Save parameters (with kind and version, one atomic file), then the metadata; returns it.
+    Parameters that cannot rank are refused, so a saved metric always loads."""
+    problem = parameter_problem(metric)
+    if problem:
+        raise StyleSearchError(f"The trained metric has {problem}; it was not saved.",
+                               "Judge more triplets, or train another kind of metric.", dataset=paths.name)
     version = metric_version(metric)
     with atomic_path(paths.metric_arrays(model_key), suffix=".npz") as tmp:
         np.savez(tmp, kind=np.array(metric.kind), version=np.array(version), **metric.arrays())

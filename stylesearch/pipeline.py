@@ -5,6 +5,7 @@ from __future__ import annotations
 from .atlas import AtlasOptions, build_atlas
 from .dataset import create_dataset
 from .embed import EmbedOptions, embed_dataset
+from .index import index_meta
 from .index_build import build_index
 from .metric_train import TrainOptions, train_metric
 from .models import DEFAULT_MODEL, DEFAULT_PRETRAINED, RANDOM, ModelSpec, weights_cached
@@ -12,7 +13,7 @@ from .progress import Progress
 from .projection import UmapOptions, project_dataset, render_map
 from .samples import write_samples
 from .search import Term, search
-from .storage import DatasetPaths, read_json, writer_lock
+from .storage import DatasetPaths, writer_lock
 from .transform import TransformOptions, transform_dataset
 
 DEMO_FALLBACK = ModelSpec("stylesearch-tiny", RANDOM)
@@ -22,15 +23,29 @@ def reindex(paths: DatasetPaths, spec: ModelSpec, kind: str | None = None, optio
             wait: float = 0.0, progress: Progress | None = None) -> dict:
     """Embed new content and update the index under one writer lock; returns a summary.
 
-    Without `kind`, an existing index keeps the kind it was built with (else auto). Raises
-    DatasetBusy at once (or after `wait` seconds) when another writer holds the lock.
+    Without `kind`, an existing index keeps the kind it was built with (else auto, as when its files
+    are damaged: the build replaces them). Raises DatasetBusy at once (or after `wait` seconds) when
+    another writer holds the lock.
     """
     with writer_lock(paths, wait):
         embedded = embed_dataset(paths, spec, options=options, progress=progress, lock=False)
-        kind = kind or (read_json(paths.index_sidecar(spec.key)) or {}).get("kind", "auto")
+        kind = kind or (index_meta(paths, spec.key) or {}).get("kind", "auto")
         meta = build_index(paths, spec.key, kind, progress=progress, lock=False)
     return {**embedded.as_dict(), "index_kind": meta["kind"], "index_count": meta["count"],
             "index_mode": meta["mode"], "warnings": embedded.warnings}
+
+
+def mend_emptied_catalog(paths: DatasetPaths, wait: float = 0.0) -> bool:
+    """Give a catalog emptied to 0 bytes its tables again, as a new one, so embedding rebuilds it from the
+    images (readers refuse it: see catalog.open_catalog); True when it was empty."""
+    try:
+        if paths.catalog.stat().st_size:
+            return False
+    except OSError:
+        return False
+    with writer_lock(paths, wait):
+        create_dataset(paths)
+    return True
 
 
 def train_and_reindex(paths: DatasetPaths, model_key: str, options: TrainOptions = TrainOptions(),
@@ -39,9 +54,9 @@ def train_and_reindex(paths: DatasetPaths, model_key: str, options: TrainOptions
     and fast); returns the training report with the index's metadata under `index`."""
     with writer_lock(paths):
         report = train_metric(paths, model_key, options)
-        sidecar = read_json(paths.index_sidecar(model_key))
-        if sidecar:
-            report["index"] = build_index(paths, model_key, sidecar["kind"], progress=progress, lock=False)
+        if paths.index_sidecar(model_key).exists():  # a damaged one is rebuilt too (auto kind)
+            kind = (index_meta(paths, model_key) or {}).get("kind", "auto")
+            report["index"] = build_index(paths, model_key, kind, progress=progress, lock=False)
     return report
 
 

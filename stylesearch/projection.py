@@ -13,11 +13,12 @@ import numpy as np
 
 from .catalog import open_catalog
 from .choices import COORD_FORMATS
-from .errors import NotReady, UserError
+from .errors import NotReady, PathRefused, UserError
+from .filters import flat_meta, meta_column
 from .images import BadImage, load_rgb
 from .metric import load_metric
 from .progress import Progress, or_null
-from .storage import DatasetPaths, atomic_path, atomic_write_bytes, thumb_format, thumbnail_for
+from .storage import DatasetPaths, atomic_path, atomic_write_bytes, remove_temp_files_of, thumb_format, thumbnail_for
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ def project_dataset(paths: DatasetPaths, model_key: str, opt: UmapOptions = Umap
 def save_projection(paths: DatasetPaths, model_key: str, ids: np.ndarray, coords: np.ndarray) -> None:
     with atomic_path(paths.projection_file(model_key), suffix=".npz") as tmp:
         np.savez(tmp, ids=ids, coords=coords)
+    remove_temp_files_of(paths.projection_file(model_key))
 
 
 def load_projection(paths: DatasetPaths, model_key: str | None) -> tuple[np.ndarray, np.ndarray] | None:
@@ -96,12 +98,12 @@ COLUMNS = ("id", "path", "x", "y")
 
 
 def _records(rows: list[dict]) -> tuple[list[str], list[dict]]:
-    """Columns (the standard ones, then metadata fields) and flat records for coordinate files."""
-    fields = sorted({k for r in rows for k in r.get("meta", {})} - set(COLUMNS))
+    """Columns (the standard ones, then metadata fields: `meta.x` for one named like a column, see
+    filters.meta_column) and flat records for coordinate files."""
+    fields = sorted({meta_column(k) for r in rows for k in r.get("meta", {})})
     records = []
     for r in rows:
-        meta = {k: json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v
-                for k, v in r.get("meta", {}).items()}
+        meta = flat_meta(r.get("meta", {}))
         records.append({**{f: meta.get(f) for f in fields}, **{c: r[c] for c in COLUMNS}})
     return [*COLUMNS, *fields], records
 
@@ -139,7 +141,9 @@ def _parquet_column(values: list) -> list:
 
 
 def write_coords(rows: list[dict], out: Path, fmt: str) -> None:
+    """Write the coordinates file atomically; temp files of earlier interrupted writes of it go too."""
     atomic_write_bytes(out, format_coords(rows, fmt))
+    remove_temp_files_of(out)
 
 
 # ---------------------------------------------------------------- thumbnail map
@@ -179,7 +183,7 @@ def render_map(paths: DatasetPaths, rows: list[dict], out: Path, size: int = 204
             continue
         try:
             img = load_rgb(thumbnail_for(paths, rows[n]["path"], rows[n].get("hash"), fmt), draft=thumb)
-        except (BadImage, OSError):
+        except (BadImage, PathRefused, OSError):
             failed += 1
             continue
         img.thumbnail((thumb - 2, thumb - 2))
@@ -188,4 +192,5 @@ def render_map(paths: DatasetPaths, rows: list[dict], out: Path, size: int = 204
         placed += 1
     with atomic_path(out, suffix=".png") as tmp:
         canvas.save(tmp, format="PNG")
+    remove_temp_files_of(out)  # of earlier interrupted writes (no lock outside a dataset: only this file's)
     return {"png": str(out), "placed": placed, "hidden_overlaps": hidden, "unreadable": failed}

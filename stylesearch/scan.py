@@ -11,7 +11,7 @@ from typing import Iterable
 
 from .catalog import Catalog
 from .images import BadImage, file_sha256, image_size, is_image_name
-from .shards import SEPARATOR, is_shard_name, read_shard
+from .shards import SEPARATOR, ShardReport, is_shard_name, read_shard
 
 
 @dataclass
@@ -22,10 +22,12 @@ class ScanResult:
     deleted: int = 0
     corrupt: int = 0
     unreadable: int = 0  # files or folders that could not be read (kept as they were in the catalog)
+    broken: int = 0  # shard members skipped: oversized, sparse, past the shard's end, or after damage
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("new", "changed", "unchanged", "deleted", "corrupt", "unreadable")}
+        return {k: getattr(self, k) for k in ("new", "changed", "unchanged", "deleted", "corrupt", "unreadable",
+                                             "broken")}
 
 
 @dataclass
@@ -132,14 +134,20 @@ def _scan_shard(catalog: Catalog, shard: Path, rel: str, known: dict, seen: set[
             seen.update(members)
             result.unchanged += len(members)
             return
-        for record in read_shard(shard):
+        report = ShardReport()
+        for record in read_shard(shard, report):
             path = prefix + record.member
             seen.add(path)
             _scan_member(catalog, path, record, st.st_mtime, members.get(path), result)
+        result.broken += len(report.broken)
+        result.warnings += [f"{rel}: {problem}" for problem in report.broken]
+        if report.damaged:
+            raise tarfile.ReadError(report.damaged)
     except (OSError, EOFError, tarfile.TarError) as exc:
         seen.update(members)  # keep what was catalogued from it
         result.unreadable += 1
-        result.warnings.append(f"{rel}: shard cannot be read ({exc}); its items are kept as they were")
+        result.warnings.append(f"{rel}: shard cannot be read past a point ({exc}); its other items are kept "
+                               "as they were")
 
 
 def _scan_member(catalog: Catalog, path: str, record, mtime: float, old, result: ScanResult) -> None:

@@ -5,16 +5,24 @@ img2dataset and webdataset write `NNNNN.tar` files holding `key.jpg` (or .png/.w
 path is `<shard path>#<member name>`, e.g. `shards/00000.tar#000000042.jpg`; its metadata is the
 member's JSON plus its `key`, its caption the text file. A shard is read once to index its
 members (offsets and sizes); members are then read directly by offset.
+
+Member names are data, not paths: `safe_member_name` maps each one once to the name it is
+catalogued under (a hostile name that climbs out, is absolute or has empty parts gets a name made
+from its hash under `_renamed/`; a member that is not an image is no item). Members are read within
+bounds: a link, a sparse member, one larger than MAX_MEMBER_BYTES or one whose header claims more
+bytes than the shard holds is skipped as broken before any of its data is read, and a truncated
+shard yields the members before the damage.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
-import re
 import os
+import re
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -22,6 +30,10 @@ from .images import BadImage, is_image_name
 
 SEPARATOR = "#"
 SHARD_SUFFIXES = (".tar",)
+MAX_MEMBER_BYTES = 256 << 20  # no image member larger than this is read
+MAX_SIDECAR_BYTES = 4 << 20  # .json / .txt members
+SIDECARS = (".json", ".txt")
+RENAMED = "_renamed"
 
 
 def is_shard_name(name: str) -> bool:
@@ -46,10 +58,15 @@ class ShardMember:
     member: str
 
     def read_bytes(self) -> bytes:
-        offset, size = shard_index(str(self.shard), *self._stamp())[self.member]
+        """The member's bytes (KeyError: no such member; OSError: the shard changed under us)."""
+        stamp = self._stamp()
+        offset, size = shard_index(str(self.shard), *stamp)[self.member]
         with open(self.shard, "rb") as fh:
             fh.seek(offset)
-            return fh.read(size)
+            data = fh.read(size)
+        if len(data) != size:
+            raise OSError(f"{self}: shard truncated")
+        return data
 
     def _stamp(self) -> tuple[int, int]:
         st = self.shard.stat()
@@ -74,11 +91,56 @@ class ShardMember:
         return str(self)
 
 
+def safe_member_name(name: str) -> str | None:
+    """The name an image member is catalogued under, None for a member that is not an image.
+
+    A plain relative name (printable parts, none empty, '.', '..' or hidden) is kept; any other name
+    of an image becomes `_renamed/<hash of the name><extension>`, so no later step ever joins a
+    hostile name to a folder."""
+    base = name.rsplit("/", 1)[-1]
+    if not is_image_name(base):
+        return None
+    parts = name.split("/")
+    if all(p and p.isprintable() and not p.startswith(".") and "\\" not in p for p in parts):
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"{RENAMED}/{digest}{os.path.splitext(base)[1].lower()}"
+
+
+@dataclass
+class ShardReport:
+    """What reading a shard skipped: broken members (sparse, oversized) and damage (a member that runs
+    past the end, a bad header), after which the rest of the shard is unreadable."""
+
+    broken: list[str] = field(default_factory=list)
+    damaged: str | None = None
+
+
+def _usable_members(tar: tarfile.TarFile, shard_size: int, report: ShardReport) -> Iterator[tarfile.TarInfo]:
+    """The regular members of a tar within the size limits, in order, up to the first damage."""
+    try:
+        for info in tar:
+            if not info.isfile():
+                continue
+            limit = MAX_SIDECAR_BYTES if info.name.lower().endswith(SIDECARS) else MAX_MEMBER_BYTES
+            if info.issparse() or info.size > limit:  # refused by its declared size, never read
+                what = "a sparse member" if info.issparse() else f"over the {limit:,}-byte limit"
+                report.broken.append(f"member {info.name!r}: declares {info.size:,} bytes, {what}; skipped")
+            if not info.issparse() and info.offset_data + info.size > shard_size:
+                report.damaged = f"member {info.name!r} declares {info.size:,} bytes but the shard ends first"
+                return
+            if not (info.issparse() or info.size > limit):
+                yield info
+    except (EOFError, tarfile.TarError) as exc:
+        report.damaged = f"damaged after the members read so far ({exc})"
+
+
 @functools.lru_cache(maxsize=64)
 def shard_index(shard: str, size: int, mtime_ns: int) -> dict[str, tuple[int, int]]:
-    """member name -> (data offset, size) of a tar shard; cached per shard version (size, mtime)."""
+    """catalogued member name -> (data offset, size) of a tar shard; cached per shard version (size, mtime)."""
     with tarfile.open(shard, "r:") as tar:
-        return {m.name: (m.offset_data, m.size) for m in tar if m.isfile()}
+        return {name: (m.offset_data, m.size) for m in _usable_members(tar, size, ShardReport())
+                if (name := safe_member_name(m.name))}
 
 
 @dataclass(frozen=True)
@@ -92,19 +154,20 @@ class MemberRecord:
     caption: str | None
 
 
-def read_shard(path: Path) -> Iterator[MemberRecord]:
-    """The image members of a shard with their JSON metadata and text caption, streamed: webdataset
-    writes the files of one key next to each other, so only one key's files are held at a time."""
+def read_shard(path: Path, report: ShardReport | None = None) -> Iterator[MemberRecord]:
+    """The image members of a shard (under their safe names) with their JSON metadata and text caption,
+    streamed: webdataset writes the files of one key next to each other, so only one key's files are
+    held at a time. What was skipped is told in `report`."""
     key, files = None, {}
     with tarfile.open(path, "r:") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
+        for info in _usable_members(tar, os.fstat(tar.fileobj.fileno()).st_size, report or ShardReport()):
             stem, ext = os.path.splitext(info.name)
+            name = safe_member_name(info.name) or (ext.lower() if ext.lower() in SIDECARS else None)
+            if name is None:
+                continue
             if stem != key:
                 yield from _records(key, files)
                 key, files = stem, {}
-            name = info.name if is_image_name(os.path.basename(info.name)) else ext.lower()
             files[name] = tar.extractfile(info).read()
     yield from _records(key, files)
 
@@ -133,4 +196,5 @@ def _sidecars(files: dict[str, bytes]) -> tuple[dict, str | None]:
     return meta, caption or None
 
 
-__all__ = ["BadImage", "MemberRecord", "ShardMember", "is_shard_name", "read_shard", "split_member_path"]
+__all__ = ["BadImage", "MemberRecord", "ShardMember", "ShardReport", "is_shard_name", "read_shard", "safe_member_name",
+           "split_member_path"]

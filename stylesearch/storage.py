@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .choices import THUMB_FORMATS
-from .errors import DatasetBusy, DatasetNotFound, UserError
+from .errors import DatasetBusy, DatasetNotFound, DiskFull, PathRefused, StyleSearchError, UserError
 
 CATALOG_NAME = "catalog.sqlite"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -51,7 +52,31 @@ def check_dataset_name(name: str) -> str:
     return name
 
 
-# ---------------------------------------------------------------- atomic writes
+# ---------------------------------------------------------------- full disks and atomic writes
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An error a full disk (or quota) causes, as the OS, SQLite or FAISS word it."""
+    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+        return True
+    text = str(exc).lower()
+    return "no space left" in text or "disk is full" in text or "quota exceeded" in text
+
+
+@contextlib.contextmanager
+def full_disk_as_error(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a full-disk failure of the writes inside into one DiskFull naming `path`."""
+    try:
+        yield
+    except StyleSearchError:
+        raise
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise DiskFull(f"Disk full: could not write {path}; its previous version is kept.",
+                           "Free some space, then run the step again.") from None
+        raise
 
 
 TEMP_MARK = ".tmp-"  # in the name of every temp file an atomic write makes (see remove_stale_temp_files)
@@ -73,15 +98,17 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARK}", suffix=suffix or ".tmp", dir=target.parent)
+    with full_disk_as_error(target):
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARK}", suffix=suffix or ".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp_path, file_mode())
-        os.replace(tmp_path, target)
+        with full_disk_as_error(target):
+            yield tmp_path
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(tmp_path, file_mode())
+            os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -112,12 +139,33 @@ def atomic_write_json(target: str | os.PathLike, obj: Any) -> None:
 
 
 def append_jsonl(target: str | os.PathLike, record: dict) -> None:
-    """Append one JSON line, flushed and fsynced so a crash loses nothing written."""
-    line = json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n"
-    with open(target, "a", encoding="utf-8") as fh:
-        fh.write(line)
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Append one JSON line whole or not at all, fsynced so a crash loses nothing written.
+
+    A write cut short (a full disk) is truncated away and raises DiskFull; a line an earlier crash
+    left unfinished is closed first, so it can never swallow this one."""
+    line = (json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    with full_disk_as_error(target):
+        fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, file_mode())
+        try:
+            end = os.fstat(fd).st_size
+            if end and os.pread(fd, 1, end - 1) != b"\n":
+                line = b"\n" + line
+            _append_whole(fd, line)
+        finally:
+            os.close(fd)
+
+
+def _append_whole(fd: int, data: bytes) -> None:
+    written = 0
+    try:
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(errno.ENOSPC, "No space left on device (short write)")
+        os.fsync(fd)
+    except OSError:
+        if written:
+            os.ftruncate(fd, os.fstat(fd).st_size - written)
+        raise
 
 
 def json_lines(lines: Iterable[str]) -> Iterator[Any]:
@@ -137,6 +185,30 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return default
+
+
+def remove_temp_files_of(target: str | os.PathLike) -> int:
+    """Delete temp files that interrupted atomic writes of `target` left beside it (`.NAME.tmp-*`), and
+    nothing else: for outputs anywhere (a map, a coordinates file), where no dataset lock is held."""
+    target = Path(target)
+    prefix = f".{target.name}{TEMP_MARK}"
+    removed = 0
+    with contextlib.suppress(OSError):
+        for file in target.parent.iterdir():
+            if file.name.startswith(prefix) and not file.is_dir():
+                with contextlib.suppress(OSError):
+                    file.unlink()
+                    removed += 1
+    return removed
+
+
+def read_json_or_none(path: str | os.PathLike) -> Any:
+    """A sidecar's JSON, or None when it is missing, unreadable or not JSON (damaged state is absent
+    state: the step that writes it makes it again)."""
+    try:
+        return json.loads(Path(path).read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
 
 
 # ---------------------------------------------------------------- datasets
@@ -241,7 +313,8 @@ class DatasetPaths:
         return self.projections / f"{model_key}.npz"
 
     def item_file(self, item_path: str):
-        """The file of an item: relative catalog paths live under images/, absolute ones anywhere.
+        """The file of an item: relative catalog paths live under images/, absolute ones (files given by
+        the user from elsewhere) anywhere; a relative path that climbs out is refused (PathRefused).
 
         An image inside a tar shard (`shard.tar#member`) is a shards.ShardMember, read with read_bytes.
         """
@@ -252,19 +325,50 @@ class DatasetPaths:
             if parts:
                 return ShardMember(self.item_file(parts[0]), parts[1])
         p = Path(item_path)
-        return p if p.is_absolute() else self.images / p
+        return p if p.is_absolute() else self.images / self._plain_relative(item_path)
 
     def thumbnail_file(self, item_path: str, content_hash: str | None, fmt: str) -> Path:
-        """Where `transform` puts an item's thumbnail: its path under thumbs/ with the format's extension."""
-        p = Path(item_path)
-        if p.is_absolute():
-            p = Path("_external") / f"{(content_hash or p.name)[:20]}"
-        return self.thumbs / p.with_suffix(THUMB_FORMATS[fmt])
+        """Where `transform` puts an item's thumbnail: its path under thumbs/ with the format's extension
+        (an absolute item path: a name from its content hash under thumbs/_external/)."""
+        if Path(item_path).is_absolute():
+            rel = Path("_external") / f"{(content_hash or Path(item_path).name)[:20]}"
+        else:
+            rel = self._plain_relative(item_path)
+        return self.thumbs / rel.with_suffix(THUMB_FORMATS[fmt])
+
+    def _plain_relative(self, item_path: str) -> Path:
+        """A catalog path as a relative path that stays below its folder (no '..', empty or NUL parts)."""
+        parts = item_path.split("/")
+        if "\0" in item_path or any(part in ("", ".", "..") for part in parts):
+            raise PathRefused(f"Refused item path {item_path!r}: it does not name a file inside dataset "
+                              f"{self.name!r}.", dataset=self.name)
+        return Path(*parts)
+
+    def contain(self, path: str | os.PathLike) -> Path:
+        """`path` when its real location (links followed) is inside the dataset folder, or inside the real
+        folder its images/ links to; PathRefused otherwise. Every file the server sends and every file a
+        writer replaces passes here."""
+        real = Path(os.path.realpath(path))
+        for base in {Path(os.path.realpath(self.home)), Path(os.path.realpath(self.images))}:
+            if real == base or base in real.parents:
+                return Path(path)
+        raise PathRefused(f"Refused {path}: it leads outside dataset {self.name!r}.", dataset=self.name)
+
+    def atlas_page_names(self, manifest: dict) -> list[str]:
+        """The page names a manifest lists, each checked to be a page name this code writes (a manifest
+        is data: a name like '../x' is never used as a path)."""
+        pages = manifest.get("pages") if isinstance(manifest, dict) else None
+        names = pages if isinstance(pages, list) else []
+        return [n for n in names if isinstance(n, str) and _ATLAS_PAGE.fullmatch(n)]
+
+
+_ATLAS_PAGE = re.compile(r"atlas-\d{1,6}\.png")
 
 
 def thumb_format(paths: DatasetPaths) -> str | None:
     """The format of the dataset's thumbnails, or None when no thumbnails were made."""
-    fmt = (read_json(paths.thumbs_params) or {}).get("format")
+    params = read_json_or_none(paths.thumbs_params)
+    fmt = params.get("format") if isinstance(params, dict) else None
     return fmt if fmt in THUMB_FORMATS else None
 
 
@@ -282,6 +386,14 @@ def thumbnail_for(paths: DatasetPaths, item_path: str, content_hash: str | None 
         if thumb.exists():
             return thumb
     return paths.item_file(item_path)
+
+
+def served_file(paths: DatasetPaths, item_path: str, content_hash: str | None = None, thumb: bool = False):
+    """The file the server may send for an item (its thumbnail when `thumb` and one exists, else the
+    original): PathRefused unless its real location is inside the dataset (see DatasetPaths.contain)."""
+    file = thumbnail_for(paths, item_path, content_hash) if thumb else paths.item_file(item_path)
+    paths.contain(getattr(file, "shard", file))
+    return file
 
 
 def dataset_paths(name: str, root: str | os.PathLike | None = None) -> DatasetPaths:

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .catalog import open_catalog
-from .errors import UserError
+from .errors import DiskFull, PathRefused, UserError
 from .images import BadImage, load_rgb
 from .progress import Progress, or_null
 from .scan import scan
-from .storage import THUMB_FORMATS, DatasetPaths, atomic_path, atomic_write_json, read_json, writer_lock
+from .storage import THUMB_FORMATS, DatasetPaths, atomic_path, atomic_write_json, read_json_or_none, writer_lock
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,8 @@ def make_thumbnail(src, dst: str, max_side: int, fmt: str, quality: int) -> str 
         return None
     except BadImage as exc:
         return exc.message
+    except DiskFull:
+        raise  # stops the run: every later thumbnail would fail the same way
     except OSError as exc:
         return str(exc)
 
@@ -68,12 +70,17 @@ def transform_dataset(paths: DatasetPaths, options: TransformOptions = Transform
         scan(catalog)
         items = catalog.items("ok")
     params = {"max_side": options.max_side, "format": options.fmt, "quality": options.quality}
-    rebuild = options.force or read_json(paths.thumbs_params) != params
+    rebuild = options.force or read_json_or_none(paths.thumbs_params) != params
     result = TransformResult()
     tasks = []
     for item in items:
-        src = paths.item_file(item.path)
-        dst = paths.thumbnail_file(item.path, item.content_hash, options.fmt)
+        try:  # a catalog row or a link leading outside the dataset is refused, never written through
+            src = paths.item_file(item.path)
+            dst = paths.contain(paths.thumbnail_file(item.path, item.content_hash, options.fmt))
+        except PathRefused as exc:
+            result.failed += 1
+            result.warnings.append(f"{item.path}: {exc.message}")
+            continue
         if not rebuild and _up_to_date(src, dst):
             result.up_to_date += 1
         else:

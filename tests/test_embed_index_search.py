@@ -43,7 +43,8 @@ def test_embed_is_incremental_and_reuses_vectors(tmp_path, tiny_spec, tiny_model
 
     render("dots", "mono", 999).save(files[3])  # changed content
     third = _embed(paths, tiny_spec, tiny_model)
-    assert third.scanned == {"new": 2, "changed": 1, "unchanged": 9, "deleted": 2, "corrupt": 0, "unreadable": 0}
+    assert third.scanned == {"new": 2, "changed": 1, "unchanged": 9, "deleted": 2, "corrupt": 0, "unreadable": 0,
+                             "broken": 0}
     assert third.embedded == 1  # only the changed file is new content
     with open_catalog(paths) as cat:
         assert cat.status_counts() == {"ok": 12, "deleted": 2}

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from ..choices import EMBED_BACKENDS, EMBED_ENGINES, INDEX_KINDS, PRECISIONS
-from .common import (STATE, choice_enum, choose_model, make_progress, model_option, pretrained_option, summary,
-                     warn_list)
+from .common import (STATE, choice_enum, choose_model, log, make_progress, model_option, pretrained_option,
+                     summary, warn_list)
 
 Kind = choice_enum("Kind", INDEX_KINDS)
 Precision = choice_enum("Precision", PRECISIONS)
@@ -53,6 +53,7 @@ def embed(
     if source not in (None, "-"):
         raise typer.BadParameter("SOURCE must be '-' (paths on stdin) or left out.")
     paths = dataset_paths(dataset, STATE.root) if create else existing_dataset(dataset, STATE.root)
+    _mend(paths)
     files = _read_stdin_paths() if source == "-" else None
     options = EmbedOptions(backend=backend.value, batch_size=batch_size, workers=workers, device=device,
                            precision=precision.value, storage_dtype="float16" if float16 else "float32",
@@ -107,6 +108,7 @@ def reindex(
     from ..storage import existing_dataset
 
     paths = existing_dataset(dataset, STATE.root)
+    _mend(paths, wait)
     spec = choose_model(paths, model, pretrained, embedded_only=False)
     result = run_reindex(paths, spec, kind.value if kind else None, EmbedOptions(device=device), wait)
     warnings = result.pop("warnings")
@@ -114,6 +116,13 @@ def reindex(
         warn_list(warnings)
     if as_json or STATE.verbose:
         summary(result, as_json, "reindex")
+
+
+def _mend(paths, wait: float = 0.0) -> None:
+    from ..pipeline import mend_emptied_catalog
+
+    if mend_emptied_catalog(paths, wait):
+        log(f"warning: catalog {paths.catalog} was empty: every image is embedded again")
 
 
 def register(app: typer.Typer) -> None:

@@ -13,7 +13,8 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from ..errors import StyleSearchError
+from ..errors import DiskFull, StyleSearchError
+from ..storage import is_disk_full
 from . import (atlas_cmd, datasets_cmd, demo_cmd, embed_cmd, ingest_cmd, learn_cmd, meta_cmd, projection_cmd,
                onnx_cmd, search_cmd, serve_cmd)
 from .common import STATE
@@ -31,6 +32,13 @@ class StyleSearchGroup(TyperGroup):
                 traceback.print_exc()
             render_error(exc)
             ctx.exit(exc.exit_code)
+        except Exception as exc:
+            if not is_disk_full(exc):  # any write the library did not name itself: still one line
+                raise
+            if STATE.verbose:
+                traceback.print_exc()
+            render_error(DiskFull(f"Disk full: {exc}.", "Free some space, then run the step again."))
+            ctx.exit(DiskFull.exit_code)
 
 
 app = typer.Typer(

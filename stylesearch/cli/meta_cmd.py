@@ -22,12 +22,18 @@ def meta(
     from ..storage import existing_dataset
 
     paths = existing_dataset(dataset, STATE.root)
-    text = sys.stdin.read() if source == "-" else None
+    text = _read_stdin() if source == "-" else None
     rows, malformed = read_metadata_rows("stdin.jsonl" if source == "-" and text.lstrip().startswith("{")
                                          else ("stdin.csv" if source == "-" else source), text)
     result = attach_metadata(paths, rows, malformed, replace)
     warn_list(result.warnings)
     summary(result.as_dict(), as_json, "meta")
+
+
+def _read_stdin() -> str:
+    """Standard input as text whatever its bytes: not UTF-8 is replaced (as in files), never an error."""
+    stream = getattr(sys.stdin, "buffer", None)
+    return stream.read().decode("utf-8", "replace") if stream is not None else sys.stdin.read()
 
 
 def tag(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import List, Optional
 
 import typer
@@ -68,7 +67,8 @@ def search(
                                          help="HNSW efSearch / IVF nprobe: higher = better recall, slower."),
     where: Optional[List[str]] = typer.Option(None, "--where", "-w", help=(
         "Filter on metadata (repeatable, all must hold): FIELD=VALUE, != < <= > >=, \"FIELD in (A,B)\", "
-        "\"FIELD not in (A,B)\", \"FIELD exists\".")),
+        "\"FIELD not in (A,B)\", \"FIELD exists\". FIELD is metadata, or the item's own width, height, path, "
+        "group or caption; meta.FIELD always names metadata (e.g. meta.id, meta.width: as results show it).")),
     group: bool = typer.Option(False, "--group", help="One result per group (the best image of each product)."),
     datasets: Optional[List[str]] = typer.Option(None, "--dataset", "-d",
                                                  help="Search these datasets together (repeatable); then every "
@@ -138,18 +138,18 @@ def _search_many(names, all_datasets, parsed, k, model, pretrained, min_score, r
 
 
 def meta_columns(rows: list[dict]) -> list[str]:
-    """Metadata fields present in the rows, as extra columns (sorted)."""
-    return sorted({key for row in rows for key in row.get("meta", {})})
+    """Metadata fields present in the rows, as extra columns (sorted; `meta.id` for a field named
+    like a result field, see filters.meta_column)."""
+    from ..filters import meta_column
+
+    return sorted({meta_column(key) for row in rows for key in row.get("meta", {})})
 
 
 def flatten_meta(rows: list[dict]) -> list[dict]:
     """Rows with metadata fields beside the standard columns, for table and tsv; json keeps `meta` nested."""
-    out = []
-    for row in rows:
-        extra = {k: json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v
-                 for k, v in row.get("meta", {}).items() if k not in row}
-        out.append({**extra, **row})
-    return out
+    from ..filters import flat_meta
+
+    return [{**flat_meta(row.get("meta", {})), **row} for row in rows]
 
 
 def describe_terms(terms) -> str:

@@ -8,7 +8,9 @@ small per-user SQLite cache, so repeating a query in a pipeline costs a lookup.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import stat
 import time
 from pathlib import Path
 from typing import Protocol
@@ -106,13 +108,32 @@ class OnnxQueryEncoder:
 
 
 class QueryCache:
-    """Text query vectors of one model in SQLite under the user cache; any failure is a miss."""
+    """Text query vectors of one model in SQLite under the user cache; any failure is a miss.
 
-    def __init__(self, model_key: str, folder: Path | None = None):
+    A row that is not a finite, non-zero float32 vector (of `dim` values, when known) is a miss, and
+    the new vector replaces it. Anything but a regular file at the cache's paths (a FIFO, a device) means
+    no cache: opening a FIFO would wait forever.
+    """
+
+    def __init__(self, model_key: str, folder: Path | None = None, dim: int | None = None):
         self.path = (folder or user_cache_dir() / "query-vectors") / f"{model_key}.sqlite"
+        self.dim = dim
+
+    def usable(self) -> bool:
+        """False when something other than a regular file is at the database's or its journals' paths."""
+        for path in (self.path, *(self.path.with_name(self.path.name + x) for x in ("-wal", "-shm", "-journal"))):
+            try:
+                mode = os.stat(path).st_mode
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return False
+            if not stat.S_ISREG(mode):
+                return False
+        return True
 
     def get(self, encoder_id: str, texts: list[str]) -> dict[str, np.ndarray]:
-        if not self.path.exists():
+        if not self.path.exists() or not self.usable():
             return {}
         marks = ",".join("?" * len(texts))
         try:
@@ -121,11 +142,22 @@ class QueryCache:
                                     [encoder_id, *texts]).fetchall()
         except sqlite3.Error:
             return {}
-        return {text: np.frombuffer(blob, dtype=np.float32).copy() for text, blob in rows}
+        vectors = {text: self._vector(blob) for text, blob in rows}
+        return {text: v for text, v in vectors.items() if v is not None}
+
+    def _vector(self, blob) -> np.ndarray | None:
+        """A stored vector, or None when the row is not one (wrong type or size, NaN, infinite, zero)."""
+        if not isinstance(blob, bytes) or not blob or len(blob) % 4 or (self.dim and len(blob) != 4 * self.dim):
+            return None
+        vector = np.frombuffer(blob, dtype=np.float32).copy()
+        return vector if np.isfinite(vector).all() and vector.any() else None
 
     def put(self, encoder_id: str, vectors: dict[str, np.ndarray]) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.usable():
+                log.debug("query cache not written: %s is not a regular file", self.path)
+                return
             conn = sqlite3.connect(self.path, timeout=0.5)
             try:
                 with conn:
@@ -166,7 +198,15 @@ class CachedQueryEncoder:
             new = dict(zip(missing, self.inner.encode_text(missing)))
             self.cache.put(self.inner.text_id, new)
             known.update(new)
+        if len({len(known[t]) for t in texts}) > 1:  # sizes the cache could not check (no dim given)
+            return self._encode_all(texts)
         return np.stack([known[t] for t in texts]).astype(np.float32)
+
+    def _encode_all(self, texts: list[str]) -> np.ndarray:
+        unique = list(dict.fromkeys(texts))
+        new = dict(zip(unique, self.inner.encode_text(unique)))
+        self.cache.put(self.inner.text_id, new)
+        return np.stack([new[t] for t in texts]).astype(np.float32)
 
     def encode_image(self, image) -> np.ndarray:
         return self.inner.encode_image(image)
@@ -180,4 +220,17 @@ def query_encoder(paths: DatasetPaths, spec: ModelSpec, device: str = "auto", ca
     export = load_export(paths, spec.key) if device in ("auto", "cpu") else None
     if export is not None:
         encoder = OnnxQueryEncoder(export, encoder)
-    return CachedQueryEncoder(encoder, QueryCache(spec.key)) if cache else encoder
+    return CachedQueryEncoder(encoder, QueryCache(spec.key, dim=_model_dim(paths, spec.key))) if cache else encoder
+
+
+def _model_dim(paths: DatasetPaths, model_key: str) -> int | None:
+    """The size of the model's vectors in the dataset's catalog (what cached query vectors must have)."""
+    from ..catalog import open_catalog
+    from ..errors import StyleSearchError
+
+    try:
+        with open_catalog(paths, readonly=True) as catalog:
+            model = catalog.model(model_key)
+    except (StyleSearchError, sqlite3.Error):
+        return None
+    return int(model["dim"]) if model and model["dim"] else None

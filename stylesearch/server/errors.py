@@ -1,21 +1,22 @@
 """How the server shows errors: JSON `{"error", "hint", "step", ...}` with an HTTP status.
 
 Library errors keep the CLI's message and hint. Status codes: your input 400, no such dataset or
-item 404, the dataset must be prepared first (NotReady: embed/index/umap-export) or another
-process is writing it (DatasetBusy) 409, body or image too large 413, the server cannot serve it
-now (unreadable catalog or metric, model weights missing, engine queue full) 503.
+item 404, a path leading outside the dataset 403, the dataset must be prepared first (NotReady:
+embed/index/umap-export) or another process is writing it (DatasetBusy) 409, body or image too
+large 413, the server cannot serve it now (unreadable catalog or metric, model weights missing,
+engine queue full) 503, a full disk 507.
 """
 
 from __future__ import annotations
 
 import json
 
-from ..errors import (CatalogError, DatasetBusy, DatasetNotFound, ItemNotFound, ModelWeightsMissing, NotReady,
-                      StyleSearchError, UserError)
+from ..errors import (CatalogError, DatasetBusy, DatasetNotFound, DiskFull, ItemNotFound, ModelWeightsMissing,
+                      NotReady, PathRefused, StyleSearchError, UserError)
 from ..images import BadImage
 
-_STATUS = ((DatasetNotFound, 404), (ItemNotFound, 404), (NotReady, 409), (DatasetBusy, 409),
-           (ModelWeightsMissing, 503), (CatalogError, 503), (UserError, 400))
+_STATUS = ((DatasetNotFound, 404), (ItemNotFound, 404), (PathRefused, 403), (NotReady, 409), (DatasetBusy, 409),
+           (ModelWeightsMissing, 503), (CatalogError, 503), (DiskFull, 507), (UserError, 400))
 
 
 class TooLarge(UserError):

@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from ..errors import ItemNotFound, NotReady, UserError
-from ..storage import read_json, thumbnail_for
+from ..storage import read_json_or_none, served_file
 from .config import ServerConfig
 from .errors import TooLarge
 from .state import DatasetState, ServerState, effort, file_stamp
@@ -233,10 +233,11 @@ def _live_item(state: DatasetState, ref: str):
 
 def item_file(state: DatasetState, item_id: int, thumb: bool) -> Path | tuple[bytes, str]:
     """The image file of a catalogued item (its thumbnail when `thumb` and one exists, else the
-    original); never another file. An image inside a tar shard comes as (its bytes, media type)."""
+    original); never another file, never one whose real location is outside the dataset (403).
+    An image inside a tar shard comes as (its bytes, media type)."""
     item = _live_item(state, str(item_id))
     paths = state.paths
-    path = thumbnail_for(paths, item.path, item.content_hash) if thumb else paths.item_file(item.path)
+    path = served_file(paths, item.path, item.content_hash, thumb)
     missing = ItemNotFound(f"The image file of item {item_id} is missing.", dataset=paths.name)
     if isinstance(path, Path):
         if not path.is_file():
@@ -250,11 +251,26 @@ def item_file(state: DatasetState, item_id: int, thumb: bool) -> Path | tuple[by
 
 
 def atlas_page(state: DatasetState, page: int) -> Path:
-    pages = (read_json(state.paths.atlas_manifest) or {}).get("pages") or []
-    if not 0 <= page < len(pages) or not (state.paths.atlas / pages[page]).is_file():
-        raise NotReady(f"Dataset {state.paths.name!r} has no atlas page {page}.", "Build the atlas first.",
-                       dataset=state.paths.name, step="atlas")
-    return state.paths.atlas / pages[page]
+    """Page `page` of the atlas: a name this code writes, inside the dataset (never a manifest's text)."""
+    paths = state.paths
+    names = paths.atlas_page_names(read_json_or_none(paths.atlas_manifest) or {})
+    file = paths.atlas_page(page)
+    if not 0 <= page < len(names) or names[page] != file.name or not file.is_file():
+        raise NotReady(f"Dataset {paths.name!r} has no atlas page {page}.", "Build the atlas first.",
+                       dataset=paths.name, step="atlas")
+    return paths.contain(file)
+
+
+def atlas_tiles(manifest: dict) -> dict[int, list]:
+    """item id -> [page, x, y, w, h] of the manifest's well-formed entries (others are left out)."""
+    entries = manifest.get("items")
+    tiles = {}
+    for e in entries if isinstance(entries, list) else []:
+        try:
+            tiles[int(e["id"])] = [int(e[k]) for k in ("page", "x", "y", "w", "h")]
+        except (TypeError, KeyError, ValueError):
+            continue
+    return tiles
 
 
 def map_points(state: DatasetState, model: str | None, pretrained: str | None) -> dict:
@@ -271,12 +287,13 @@ def _map(state: DatasetState, key: str, saved) -> dict:
         raise NotReady(f"No UMAP coordinates saved for {state.paths.name!r}.", "Export a UMAP projection first.",
                        dataset=state.paths.name, step="umap-export")
     live = {it.id: it.path for it in _live_items(state)}
-    manifest = read_json(state.paths.atlas_manifest) or {}
-    tiles = {e["id"]: [e["page"], e["x"], e["y"], e["w"], e["h"]] for e in manifest.get("items", [])}
+    manifest = read_json_or_none(state.paths.atlas_manifest)
+    manifest = manifest if isinstance(manifest, dict) else {}  # a damaged manifest: a map without sprites
+    tiles = atlas_tiles(manifest)
     ids, coords = saved
     keep = [n for n, i in enumerate(ids.tolist()) if i in live]
     kept_ids = [int(ids[n]) for n in keep]
     return {"model_key": key, "count": len(keep), "ids": kept_ids, "paths": [live[i] for i in kept_ids],
             "x": [round(float(coords[n, 0]), 4) for n in keep], "y": [round(float(coords[n, 1]), 4) for n in keep],
-            "atlas": {"pages": len(manifest.get("pages") or []), "tile": manifest.get("tile"),
+            "atlas": {"pages": len(state.paths.atlas_page_names(manifest)), "tile": manifest.get("tile"),
                       "sprites": [tiles.get(i) for i in kept_ids]} if tiles else None}

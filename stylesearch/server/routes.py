@@ -18,6 +18,8 @@ from .state import ServerState
 
 router = APIRouter()
 NAME = PathParam(..., description="dataset name")
+# an id as text: the catalog's lookup answers 404 for any id it has not (beyond 2^63, negative, 5,000 digits)
+ITEM_ID = PathParam(..., pattern=r"^-?[0-9]+$", description="item id")
 SEARCH_DOC = {"requestBody": {"content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/SearchBody"}},
     "multipart/form-data": {"schema": {"type": "object", "properties": {
@@ -46,12 +48,20 @@ def cached_file(path) -> Response:
 async def health(request: Request) -> dict:
     """Status, version, uptime, served datasets with their warm model and index, loaded models."""
     server = server_of(request)
-    names = server.served_names()
-    datasets = [server.datasets[n].summary() if n in server.datasets else {"name": n, "loaded": False}
-                for n in names]
+    datasets = [_health_of(server, n) for n in server.served_names()]
     models = sorted({m["model_key"] for d in datasets for m in d.get("models", []) if m["encoder_loaded"]})
     return {"status": "ok", "version": __version__, "uptime_s": round(time.monotonic() - server.started, 3),
             "datasets": datasets, "models": models, "pending": server.pending}
+
+
+def _health_of(server: ServerState, name: str) -> dict:
+    """A served dataset's entry in /health; files damaged meanwhile are reported, /health still answers."""
+    if name not in server.datasets:
+        return {"name": name, "loaded": False}
+    try:
+        return server.datasets[name].summary()
+    except Exception as exc:  # noqa: BLE001 - any damage: /health must answer
+        return {"name": name, "loaded": False, "error": getattr(exc, "message", None) or repr(exc)}
 
 
 @router.get("/api/datasets", tags=["datasets"])
@@ -83,20 +93,20 @@ async def items(request: Request, name: str = NAME, offset: int = Query(0, ge=0)
 
 
 @router.get("/api/datasets/{name}/items/{item_id}", tags=["items"])
-async def item(request: Request, item_id: int, name: str = NAME) -> dict:
+async def item(request: Request, item_id: str = ITEM_ID, name: str = NAME) -> dict:
     server = server_of(request)
-    return await server.run(lambda: queries.one_item(server.dataset(name), str(item_id)))
+    return await server.run(lambda: queries.one_item(server.dataset(name), item_id))
 
 
 @router.get("/api/datasets/{name}/items/{item_id}/image", tags=["items"], response_class=FileResponse)
-async def item_image(request: Request, item_id: int, name: str = NAME):
+async def item_image(request: Request, item_id: str = ITEM_ID, name: str = NAME):
     """The item's original file (only catalogued files are ever served)."""
     server = server_of(request)
     return cached_file(await server.run(lambda: queries.item_file(server.dataset(name), item_id, False)))
 
 
 @router.get("/api/datasets/{name}/items/{item_id}/thumb", tags=["items"], response_class=FileResponse)
-async def item_thumb(request: Request, item_id: int, name: str = NAME):
+async def item_thumb(request: Request, item_id: str = ITEM_ID, name: str = NAME):
     """The item's thumbnail (from `transform`), else its original file."""
     server = server_of(request)
     return cached_file(await server.run(lambda: queries.item_file(server.dataset(name), item_id, True)))

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import DatasetNotFound
-from ..storage import DatasetPaths, check_dataset_name, existing_dataset, list_dataset_names, read_json
+from ..storage import DatasetPaths, check_dataset_name, existing_dataset, list_dataset_names
 from .config import ServerConfig
 from .errors import Overloaded
 
@@ -132,9 +132,11 @@ class DatasetState:
 
     def summary(self) -> dict:
         """What /health shows: the model and index of the warm searcher, from the sidecar."""
+        from ..index import index_meta
+
         out = {"name": self.paths.name, "loaded": bool(self.searchers), "reloads": self.reloads, "models": []}
         for (key, raw), (_, searcher) in list(self.searchers.items()):  # a snapshot: the engine may change it
-            index = read_json(self.paths.index_sidecar(key)) or {}
+            index = index_meta(self.paths, key) or {}
             out["models"].append({"model_key": key, "raw": raw,
                                   "metric": searcher.metric.kind, "encoder_loaded": key in self.encoders,
                                   "index": {"kind": index.get("kind"), "count": index.get("count"),

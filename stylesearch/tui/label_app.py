@@ -13,6 +13,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Header, Static
 
+from ..errors import StyleSearchError
 from ..labelling import LabelSession, option_scores
 
 
@@ -158,7 +159,12 @@ class LabelApp(App):
                 f"{agree} · strategy {self.strategy}")
 
     def action_choose(self, choice: str) -> None:
-        if self.session.judge(choice) is not None:
+        try:
+            recorded = self.session.judge(choice)
+        except StyleSearchError as exc:  # e.g. a full disk: nothing was written, the triplet stays
+            self.refresh_view(f"Not recorded: {exc.message}")
+            return
+        if recorded is not None:
             self.maybe_retrain()
             self.refresh_view()
 
@@ -183,5 +189,9 @@ class LabelApp(App):
         self.maybe_retrain()
 
     def action_undo(self) -> None:
-        record = self.session.undo()
+        try:
+            record = self.session.undo()
+        except StyleSearchError as exc:
+            self.refresh_view(f"Not undone: {exc.message}")
+            return
         self.refresh_view("Undone." if record else "Nothing to undo in this session.")

@@ -102,15 +102,25 @@ def _wire_url(url: str) -> str:
                                      query=quote(parts.query, safe=string.punctuation), fragment=""))
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the IPv4 address in the last 32 bits
+NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215 local-use NAT64: never public
+
+
 def address_refused(address: str) -> bool:
     """True for loopback, private, link-local, reserved, multicast, unspecified and other non-global
-    addresses (an IPv4 address mapped into IPv6 is judged as IPv4)."""
+    addresses. An IPv6 address that stands for an IPv4 one is judged as that IPv4 address: IPv4-mapped
+    (::ffff:a.b.c.d), 6to4 (2002::/16) and NAT64 (64:ff9b::/96); local-use NAT64 (64:ff9b:1::/48) and
+    the deprecated IPv4-compatible form (::a.b.c.d, in the reserved ::/8) are always refused."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return True
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if ip.version == 6:
+        if ip in NAT64_LOCAL:
+            return True
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+                                                      if ip in NAT64 else None)
+        ip = ip if embedded is None else embedded
     return (ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_reserved or ip.is_multicast
             or ip.is_unspecified or not ip.is_global)
 

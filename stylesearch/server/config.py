@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ..errors import UserError
 
 TOKEN_ENV = "STYLESEARCH_TOKEN"
+FD_RESERVE = 128  # descriptors kept for files opened while serving (catalogs, indexes, images)
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
 
@@ -32,6 +33,8 @@ class ServerConfig:
     max_queue: int = 256  # library calls waiting for the engine thread; beyond: 503
     fetch_timeout: float = 10.0  # seconds for all query image URLs of a request (one try each, public hosts only)
     check_host: bool | None = None  # refuse foreign Host headers (DNS rebinding); None: when loopback, no token
+    header_timeout: float = 10.0  # seconds to send a request's headers (from connect or the last response)
+    max_connections: int | None = None  # open connections at most; None: what the descriptor limit allows
 
     @property
     def host_checked(self) -> bool:
@@ -66,3 +69,36 @@ def check_bind(host: str, token: str | None) -> None:
                         "the collection and write judgments.",
                         f"Pass --token SECRET (or set {TOKEN_ENV}); clients send 'Authorization: Bearer SECRET', "
                         "the page takes it once as /?token=SECRET. Or bind to 127.0.0.1.")
+
+
+def connection_limits(max_connections: int | None = None) -> tuple[int, int]:
+    """(connections, accept batch) that fit in this process's file descriptors, its soft
+    RLIMIT_NOFILE first raised to the hard limit. Besides the descriptors open now and FD_RESERVE,
+    there is room for the connections and four batches of accepts (asyncio accepts up to a batch
+    per loop turn, uvicorn's `backlog`; a connection is counted, and one closed to make room, two
+    turns later), so that accept() does not fail with EMFILE. Batches of at most 128 keep turns
+    short under a flood. `max_connections` (if lower) caps the connections."""
+    try:
+        import resource
+    except ImportError:  # Windows: no descriptor limit to raise
+        return max_connections or 1000, 128
+    unlimited = resource.RLIM_INFINITY
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft = 1 << 20 if soft == unlimited else soft
+    for wanted in (1 << 20, 10240) if hard == unlimited else (hard,):  # 10240: macOS's OPEN_MAX
+        if soft >= wanted:
+            break
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+            break
+        except (ValueError, OSError):
+            continue
+    try:
+        in_use = len(os.listdir("/dev/fd"))
+    except OSError:
+        in_use = 64
+    room = max(64, soft - in_use - FD_RESERVE)
+    batch = min(128, room // 8)
+    connections = room - 4 * batch
+    return (min(connections, max_connections) if max_connections else connections), batch

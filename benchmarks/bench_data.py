@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from stylesearch.catalog import open_catalog
-from stylesearch.index_build import build_index
+from stylesearch.store.catalog import open_catalog
+from stylesearch.index.build import build_index
 
 
 def random_vector_dataset(paths, count: int, spec, dim: int = 512, seed: int = 0) -> np.ndarray:
@@ -15,9 +15,9 @@ def random_vector_dataset(paths, count: int, spec, dim: int = 512, seed: int = 0
     data = rng.standard_normal((count, dim), dtype=np.float32)
     data /= np.linalg.norm(data, axis=1, keepdims=True)
     with open_catalog(paths, create=True) as cat, cat.transaction():
-        cat.ensure_model(spec.key, spec.name, spec.pretrained or "", dim, "float32")
+        cat.vectors.ensure_model(spec.key, spec.name, spec.pretrained or "", dim, "float32")
         cat.conn.executemany("INSERT INTO items(path, content_hash, status) VALUES(?,?, 'ok')",
                              [(f"{i}.jpg", f"{i:064d}") for i in range(count)])
-        cat.put_vectors(spec.key, [f"{i:064d}" for i in range(count)], data, "float32")
+        cat.vectors.put(spec.key, [f"{i:064d}" for i in range(count)], data, "float32")
     build_index(paths, spec.key)
     return data

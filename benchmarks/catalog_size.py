@@ -11,8 +11,8 @@ import tempfile
 
 import numpy as np
 
-from stylesearch.catalog import PAGE_SIZE, open_catalog
-from stylesearch.storage import dataset_paths
+from stylesearch.store.catalog import PAGE_SIZE, open_catalog
+from stylesearch.store.paths import dataset_paths
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
 vectors = np.random.default_rng(0).standard_normal((n, 512)).astype(np.float32)
@@ -22,8 +22,8 @@ hashes = [f"{i:064d}" for i in range(n)]
 def size_after(paths) -> float:
     with open_catalog(paths) as cat:
         with cat.transaction():
-            cat.ensure_model("m", "m", "t", 512, "float32")
-            cat.put_vectors("m", hashes, vectors, "float32")
+            cat.vectors.ensure_model("m", "m", "t", 512, "float32")
+            cat.vectors.put("m", hashes, vectors, "float32")
         cat.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return os.path.getsize(paths.catalog) / n
 

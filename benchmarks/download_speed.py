@@ -10,10 +10,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from stylesearch.download import DownloadOptions, download
-from stylesearch.samples import render
-from stylesearch.sources import Entry
-from stylesearch.storage import dataset_paths
+from stylesearch.ingest.download import DownloadOptions, download
+from stylesearch.ingest.samples import render
+from stylesearch.ingest.sources import Entry
+from stylesearch.store.paths import dataset_paths
 
 count = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
 bodies = []

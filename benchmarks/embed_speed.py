@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from stylesearch.catalog import open_catalog
-from stylesearch.dataset import create_dataset
-from stylesearch.embed import EmbedOptions, embed_dataset
-from stylesearch.models import ModelSpec, load_model
-from stylesearch.onnx_export import export_onnx
-from stylesearch.samples import write_samples
-from stylesearch.storage import dataset_paths
+from stylesearch.store.catalog import open_catalog
+from stylesearch.store.datasets import create_dataset
+from stylesearch.embed.run import EmbedOptions, embed_dataset
+from stylesearch.embed.models import ModelSpec, load_model
+from stylesearch.embed.export import export_onnx
+from stylesearch.ingest.samples import write_samples
+from stylesearch.store.paths import dataset_paths
 
 parser = argparse.ArgumentParser()
 parser.add_argument("count", nargs="?", type=int, default=500)
@@ -43,7 +43,7 @@ def run(spec: ModelSpec, backend: str, model, export_from=None):
     result = embed_dataset(paths, spec, options=options, model=model if backend == "torch" else None)
     elapsed = time.perf_counter() - start
     with open_catalog(paths, readonly=True) as cat:
-        _, vectors = cat.load_vectors(spec.key)
+        _, vectors = cat.vectors.load(spec.key)
     return result, elapsed, vectors
 
 

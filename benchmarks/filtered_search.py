@@ -10,11 +10,11 @@ import time
 
 import numpy as np
 
-from stylesearch.catalog import open_catalog
-from stylesearch.filters import parse_filters
-from stylesearch.index_build import build_index
-from stylesearch.search import Searcher
-from stylesearch.storage import dataset_paths
+from stylesearch.store.catalog import open_catalog
+from stylesearch.query.filters import parse_filters
+from stylesearch.index.build import build_index
+from stylesearch.query.search import Searcher
+from stylesearch.store.paths import dataset_paths
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
 dim, queries, k = 512, 100, 10
@@ -26,12 +26,12 @@ root = tempfile.mkdtemp()
 paths = dataset_paths("filtered", root)
 start = time.perf_counter()
 with open_catalog(paths, create=True) as cat, cat.transaction():
-    cat.ensure_model("m", "m", "t", dim, "float32")
+    cat.vectors.ensure_model("m", "m", "t", dim, "float32")
     for i in range(n):
         item_id = cat.upsert_item(f"{i}.jpg", content_hash=f"{i:064d}", status="ok")
         cat.set_metadata(item_id, {"rare": "yes" if i % 100 == 0 else "no", "half": "a" if i % 2 else "b",
                                    "price": float(i % 1000)})
-    cat.put_vectors("m", [f"{i:064d}" for i in range(n)], vectors, "float32")
+    cat.vectors.put("m", [f"{i:064d}" for i in range(n)], vectors, "float32")
 build_index(paths, "m", "flat")
 print(f"built {n} items with metadata + flat index in {time.perf_counter() - start:.1f} s")
 

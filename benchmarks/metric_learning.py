@@ -28,10 +28,10 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 from scipy.optimize import Bounds, minimize  # noqa: E402
 
-from stylesearch.labelling import LabelLoop, simulate  # noqa: E402
-from stylesearch.metric import IdentityMetric  # noqa: E402
-from stylesearch.metric_fit import FitOptions, agreement, fit_metric  # noqa: E402
-from stylesearch.metric_train import judgment_triplets  # noqa: E402
+from stylesearch.learn.labelling import LabelLoop, simulate  # noqa: E402
+from stylesearch.learn.metric import IdentityMetric  # noqa: E402
+from stylesearch.learn.fit import FitOptions, agreement, fit_metric  # noqa: E402
+from stylesearch.learn.train import judgment_triplets  # noqa: E402
 
 DIM, ITEMS, CENTRES, RELEVANT = 512, 2000, 50, 64
 NS = (100, 300, 1000, 3000)
@@ -85,7 +85,7 @@ def baseline(x, dec, pull=1e-3):
         return (np.logaddexp(0, -z).sum() + 0.5 * pull * ((w - 1) ** 2).sum(),
                 -F.T @ (0.5 * (1 - np.tanh(0.5 * z))) + pull * (w - 1))
 
-    from stylesearch.metric import DiagonalMetric
+    from stylesearch.learn.metric import DiagonalMetric
 
     w = minimize(objective, np.ones(DIM), jac=True, method="L-BFGS-B", bounds=Bounds(0, np.inf)).x
     return DiagonalMetric(w)
@@ -190,7 +190,7 @@ def bound(x, hidden, test):
     """Sensitivity of the agreement to errors in the weights, and the information needed."""
     from math import lgamma, log
 
-    from stylesearch.metric import DiagonalMetric
+    from stylesearch.learn.metric import DiagonalMetric
 
     rng = np.random.default_rng(3)
     relevant, irrelevant = np.flatnonzero(hidden), np.flatnonzero(hidden == 0)

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from stylesearch.catalog import open_catalog
-from stylesearch.dataset import create_dataset
-from stylesearch.embed import EmbedOptions, embed_dataset
-from stylesearch.encoders.ray import RayEncoder, RayOptions
-from stylesearch.models import ModelSpec
-from stylesearch.samples import write_samples
-from stylesearch.storage import dataset_paths
+from stylesearch.store.catalog import open_catalog
+from stylesearch.store.datasets import create_dataset
+from stylesearch.embed.run import EmbedOptions, embed_dataset
+from stylesearch.embed.encoders.ray import RayEncoder, RayOptions
+from stylesearch.embed.models import ModelSpec
+from stylesearch.ingest.samples import write_samples
+from stylesearch.store.paths import dataset_paths
 
 
 def dataset(root: Path, name: str, images: Path):
@@ -48,7 +48,7 @@ def main() -> None:
             result = embed_dataset(paths, spec, options=options, encoder=encoder)
             seconds = time.perf_counter() - start
             with open_catalog(paths, readonly=True) as cat:
-                results[engine] = cat.load_vectors(spec.key)
+                results[engine] = cat.vectors.load(spec.key)
             print(f"{engine:5s} engine: {result.embedded} images in {seconds:6.1f} s = {result.embedded / seconds:6.1f} "
                   f"images/s" + (f" ({workers} workers, local Ray instance on this machine)" if engine == "ray" else ""),
                   flush=True)

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stylesearch.catalog import open_catalog
-from stylesearch.index import load_index
-from stylesearch.storage import dataset_paths
+from stylesearch.store.catalog import open_catalog
+from stylesearch.index.load import load_index
+from stylesearch.store.paths import dataset_paths
 
 DIM, CENTRES, QUERIES, K, CHUNK = 512, 10_000, 200, 10, 100_000
 NOISE = 0.5 / np.sqrt(DIM)  # |noise| ~ 0.5 before normalising: cosine to the centre ~ 0.9
@@ -50,7 +50,7 @@ def fill_catalog(paths, n: int, queries: np.ndarray, c: np.ndarray, rng) -> np.n
     with open_catalog(paths, create=True) as cat:
         cat.conn.execute("PRAGMA synchronous=OFF")
         with cat.transaction():
-            cat.ensure_model("m", "m", "t", DIM, "float32")
+            cat.vectors.ensure_model("m", "m", "t", DIM, "float32")
         for start in range(0, n, CHUNK):
             x = sample(rng, c, min(CHUNK, n - start))
             ids = np.arange(start + 1, start + 1 + len(x))

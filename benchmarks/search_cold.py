@@ -19,9 +19,9 @@ import time
 
 
 from bench_data import random_vector_dataset
-from stylesearch.models import ModelSpec
-from stylesearch.onnx_export import export_onnx
-from stylesearch.storage import dataset_paths
+from stylesearch.embed.models import ModelSpec
+from stylesearch.embed.export import export_onnx
+from stylesearch.store.paths import dataset_paths
 
 count = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
 runs = int(sys.argv[2]) if len(sys.argv) > 2 else 5

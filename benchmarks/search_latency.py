@@ -8,11 +8,11 @@ import time
 
 import numpy as np
 
-from stylesearch.catalog import open_catalog
-from stylesearch.index import LoadedIndex, recall_at_k, tune
-from stylesearch.index_build import build_index, new_index
-from stylesearch.index_plan import choose_plan
-from stylesearch.storage import dataset_paths
+from stylesearch.store.catalog import open_catalog
+from stylesearch.index.load import LoadedIndex, recall_at_k, tune
+from stylesearch.index.build import build_index, new_index
+from stylesearch.index.plan import choose_plan
+from stylesearch.store.paths import dataset_paths
 
 sizes = [int(s) for s in (sys.argv[1] if len(sys.argv) > 1 else "100000,1000000").split(",")]
 dim, queries = 512, 200
@@ -46,10 +46,10 @@ with tempfile.TemporaryDirectory() as tmp:
     data = rng.standard_normal((n, dim), dtype=np.float32)
     data /= np.linalg.norm(data, axis=1, keepdims=True)
     with open_catalog(paths, create=True) as cat, cat.transaction():
-        cat.ensure_model("m", "m", "t", dim, "float32")
+        cat.vectors.ensure_model("m", "m", "t", dim, "float32")
         cat.conn.executemany("INSERT INTO items(path, content_hash, status) VALUES(?,?, 'ok')",
                              [(f"{i}.jpg", f"{i:064d}") for i in range(n)])
-        cat.put_vectors("m", [f"{i:064d}" for i in range(n)], data, "float32")
+        cat.vectors.put("m", [f"{i:064d}" for i in range(n)], data, "float32")
     build_index(paths, "m")
     walls = []
     for _ in range(5):

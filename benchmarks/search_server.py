@@ -20,10 +20,10 @@ import tempfile
 import time
 
 
-from stylesearch.client import ServerClient
+from stylesearch.query.remote import ServerClient
 from bench_data import random_vector_dataset
-from stylesearch.models import ModelSpec
-from stylesearch.storage import dataset_paths
+from stylesearch.embed.models import ModelSpec
+from stylesearch.store.paths import dataset_paths
 
 SERVE = ("import sys; from stylesearch.cli.main import app, main; from stylesearch.cli import serve_cmd\n"
          "if not any(c.name == 'serve' for c in app.registered_commands): serve_cmd.register(app)\n"

@@ -187,8 +187,8 @@ def main() -> None:
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 40
     raise_fd_limit()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    from stylesearch.dataset import create_dataset
-    from stylesearch.storage import dataset_paths
+    from stylesearch.store.datasets import create_dataset
+    from stylesearch.store.paths import dataset_paths
 
     root = tempfile.mkdtemp()
     create_dataset(dataset_paths("tiny", root))

@@ -20,9 +20,9 @@ import time
 
 import numpy as np
 
-from stylesearch.catalog import open_catalog
-from stylesearch.index_build import build_index
-from stylesearch.storage import dataset_paths
+from stylesearch.store.catalog import open_catalog
+from stylesearch.index.build import build_index
+from stylesearch.store.paths import dataset_paths
 
 SERVE = ("import sys; from stylesearch.cli.main import app, main; from stylesearch.cli import serve_cmd\n"
          "if not any(c.name == 'serve' for c in app.registered_commands): serve_cmd.register(app)\n"
@@ -38,13 +38,13 @@ def build(root: str) -> None:
     data = np.random.default_rng(0).standard_normal((count, 512), dtype=np.float32)
     data /= np.linalg.norm(data, axis=1, keepdims=True)
     with open_catalog(paths, create=True) as cat, cat.transaction():
-        cat.ensure_model("m", "m", "t", 512, "float32")
+        cat.vectors.ensure_model("m", "m", "t", 512, "float32")
         cat.conn.executemany("INSERT INTO items(id, path, content_hash, status, meta) VALUES(?,?,?, 'ok', ?)",
                              [(i + 1, f"{i}.jpg", f"{i:064d}", json.dumps({"category": CATEGORIES[i % 4]}))
                               for i in range(count)])
         cat.conn.executemany("INSERT INTO item_meta VALUES(?,?,?,NULL)",
                              [(i + 1, "category", CATEGORIES[i % 4]) for i in range(count)])
-        cat.put_vectors("m", [f"{i:064d}" for i in range(count)], data, "float32")
+        cat.vectors.put("m", [f"{i:064d}" for i in range(count)], data, "float32")
     build_index(paths, "m")
 
 

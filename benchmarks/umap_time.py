@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from stylesearch.projection import UmapOptions, umap_2d
+from stylesearch.maps.projection import UmapOptions, umap_2d
 
 sizes = [int(s) for s in (sys.argv[1] if len(sys.argv) > 1 else "10000,100000").split(",")]
 for warm_seed in (0, None):  # numba JIT warm-up (NN-descent kicks in above 4096 points)

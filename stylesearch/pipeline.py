@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from .atlas import AtlasOptions, build_atlas
-from .dataset import create_dataset
-from .embed import EmbedOptions, embed_dataset
-from .index import index_meta
-from .index_build import build_index
-from .metric_train import TrainOptions, train_metric
-from .models import DEFAULT_MODEL, DEFAULT_PRETRAINED, RANDOM, ModelSpec, weights_cached
+from .maps.atlas import AtlasOptions, build_atlas
+from .store.datasets import create_dataset
+from .embed.run import EmbedOptions, embed_dataset
+from .index.load import index_meta
+from .index.build import build_index
+from .learn.train import TrainOptions, train_metric
+from .embed.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, RANDOM, ModelSpec, weights_cached
 from .progress import Progress
-from .projection import UmapOptions, project_dataset, render_map
-from .samples import write_samples
-from .search import Term, search
-from .storage import DatasetPaths, writer_lock
-from .transform import TransformOptions, transform_dataset
+from .maps.projection import UmapOptions, project_dataset, render_map
+from .ingest.samples import write_samples
+from .query.search import SearchRequest, Term, search
+from .store.paths import DatasetPaths
+from .store.files import writer_lock
+from .ingest.transform import TransformOptions, transform_dataset
 
 DEMO_FALLBACK = ModelSpec("stylesearch-tiny", RANDOM)
 
@@ -81,7 +82,7 @@ def run_demo(paths: DatasetPaths, count: int = 90, spec: ModelSpec | None = None
     report["index"] = build_index(paths, spec.key, progress=progress)["kind"]
     first = "warm/stripes-0000.jpg"
     report["query"] = f"like:{first}"
-    report["results"] = search(paths, [Term(1.0, "like", first)], k=5, spec=spec)
+    report["results"] = search(paths, SearchRequest([Term(1.0, "like", first)], k=5), spec)
     if map_png:
         rows = project_dataset(paths, spec.key, UmapOptions(seed=42), progress)
         report["map"] = render_map(paths, rows, paths.map_png, size=1024, thumb=48)

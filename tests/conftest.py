@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stylesearch.samples import write_samples
-from stylesearch.storage import dataset_paths
+from stylesearch.ingest.samples import write_samples
+from stylesearch.store.paths import dataset_paths
 
 TINY = "stylesearch-tiny"
 
@@ -104,7 +104,7 @@ def tiny_weights(tmp_path_factory) -> Path:
     import open_clip
     import torch
 
-    from stylesearch.models import _register_configs
+    from stylesearch.embed.models import _register_configs
 
     _register_configs()
     torch.manual_seed(1234)
@@ -116,14 +116,14 @@ def tiny_weights(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_spec(tiny_weights):
-    from stylesearch.models import ModelSpec
+    from stylesearch.embed.models import ModelSpec
 
     return ModelSpec(TINY, str(tiny_weights))
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_spec):
-    from stylesearch.models import load_model
+    from stylesearch.embed.models import load_model
 
     return load_model(tiny_spec, device="cpu")
 
@@ -131,7 +131,7 @@ def tiny_model(tiny_spec):
 def make_dataset(root: Path, name: str = "ds", count: int = 36):
     paths = dataset_paths(name, root)
     write_samples(paths.images, count)
-    from stylesearch.dataset import create_dataset
+    from stylesearch.store.datasets import create_dataset
 
     create_dataset(paths)
     return paths
@@ -140,8 +140,8 @@ def make_dataset(root: Path, name: str = "ds", count: int = 36):
 @pytest.fixture(scope="session")
 def embedded(tmp_path_factory, tiny_spec, tiny_model):
     """A dataset of 36 generated images embedded with the tiny model and indexed (read-only for tests)."""
-    from stylesearch.embed import EmbedOptions, embed_dataset
-    from stylesearch.index_build import build_index
+    from stylesearch.embed.run import EmbedOptions, embed_dataset
+    from stylesearch.index.build import build_index
 
     root = tmp_path_factory.mktemp("embedded")
     paths = make_dataset(root, "shared", 36)
@@ -159,13 +159,13 @@ def unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
 def vector_catalog(root: Path, name: str, vectors: np.ndarray, key: str = "m"):
     """A dataset whose items are just catalog rows with the given vectors (no images, no model):
     item i+1 is `i.jpg` with vector row i."""
-    from stylesearch.catalog import open_catalog
+    from stylesearch.store.catalog import open_catalog
 
     paths = dataset_paths(name, root)
     hashes = [f"{i:064d}" for i in range(len(vectors))]
     with open_catalog(paths, create=True) as cat, cat.transaction():
-        cat.ensure_model(key, key, "t", vectors.shape[1], "float32")
+        cat.vectors.ensure_model(key, key, "t", vectors.shape[1], "float32")
         for i, content_hash in enumerate(hashes):
             cat.upsert_item(f"{i}.jpg", content_hash=content_hash, status="ok")
-        cat.put_vectors(key, hashes, vectors, "float32")
+        cat.vectors.put(key, hashes, vectors, "float32")
     return paths

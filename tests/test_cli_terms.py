@@ -13,11 +13,11 @@ def captured(monkeypatch, cli, root):
     make_dataset(root, "demo", 3)
     calls = []
 
-    def fake_search(paths, terms, k, spec, *rest):  # noqa: ARG001
-        calls.append({"terms": [(t.weight, t.kind, t.value) for t in terms], "k": k})
+    def fake_search(paths, request, spec=None):  # noqa: ARG001
+        calls.append({"terms": [(t.weight, t.kind, t.value) for t in request.terms], "k": request.k})
         return []
 
-    monkeypatch.setattr("stylesearch.search.search", fake_search)
+    monkeypatch.setattr("stylesearch.query.search.search", fake_search)
     monkeypatch.setattr("stylesearch.cli.search_cmd.choose_model", lambda *a, **kw: None)
     return calls
 

@@ -15,14 +15,14 @@ import time
 import numpy as np
 import pytest
 
-from stylesearch.catalog import open_catalog
-from stylesearch.encoders.query import CachedQueryEncoder, QueryCache
+from stylesearch.store.catalog import open_catalog
+from stylesearch.embed.encoders.query import CachedQueryEncoder, QueryCache
 from stylesearch.errors import StyleSearchError
-from stylesearch.index import load_index
-from stylesearch.index_build import build_index
-from stylesearch.metric import DiagonalMetric, LowRankMetric, save_metric
-from stylesearch.projection import render_map, save_projection, write_coords
-from stylesearch.storage import TEMP_MARK
+from stylesearch.index.load import load_index
+from stylesearch.index.build import build_index
+from stylesearch.learn.metric import DiagonalMetric, LowRankMetric, save_metric
+from stylesearch.maps.projection import render_map, save_projection, write_coords
+from stylesearch.store.files import TEMP_MARK
 
 from .conftest import unit_rows, vector_catalog
 
@@ -142,10 +142,10 @@ def test_reindex_rebuilds_an_emptied_catalog_from_the_images(cli, root, monkeypa
 
     def embed_everything(paths, spec, **kw):  # stands in for the model: the catalog must take writes again
         with open_catalog(paths) as cat, cat.transaction():
-            cat.ensure_model(spec.key, spec.name, "t", 8, "float32")
+            cat.vectors.ensure_model(spec.key, spec.name, "t", 8, "float32")
             for i in range(12):
                 cat.upsert_item(f"{i}.jpg", content_hash=f"{i:064d}", status="ok")
-            cat.put_vectors(spec.key, [f"{i:064d}" for i in range(12)], unit_rows(12, 8), "float32")
+            cat.vectors.put(spec.key, [f"{i:064d}" for i in range(12)], unit_rows(12, 8), "float32")
 
         class Embedded:
             warnings: list = []
@@ -365,7 +365,7 @@ def bad_server():
 
 @pytest.mark.parametrize("kind", ["garbage", "list", "norows", "badrows", "badterms", "trickle"])
 def test_server_search_against_a_misbehaving_server_is_one_clear_line(cli, bad_server, monkeypatch, kind):
-    monkeypatch.setattr("stylesearch.client.TIMEOUT_SECONDS", 1.0, raising=False)
+    monkeypatch.setattr("stylesearch.query.remote.TIMEOUT_SECONDS", 1.0, raising=False)
     started = time.monotonic()
     proc = cli("search", kind, "--like", "1", "--server", bad_server, check=False)
     took = time.monotonic() - started

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from stylesearch.atlas import AtlasOptions, build_atlas
-from stylesearch.catalog import open_catalog
-from stylesearch.dataset import create_dataset
+from stylesearch.maps.atlas import AtlasOptions, build_atlas
+from stylesearch.store.catalog import open_catalog
+from stylesearch.store.datasets import create_dataset
 from stylesearch.errors import PathRefused
-from stylesearch.samples import render
-from stylesearch.scan import scan
-from stylesearch.shards import safe_member_name
-from stylesearch.storage import dataset_paths
-from stylesearch.transform import TransformOptions, transform_dataset
+from stylesearch.ingest.samples import render
+from stylesearch.ingest.scan import scan
+from stylesearch.store.shards import safe_member_name
+from stylesearch.store.paths import dataset_paths
+from stylesearch.ingest.transform import TransformOptions, transform_dataset
 
 
 def jpeg(seed: int) -> bytes:
@@ -268,7 +268,7 @@ def test_a_member_whose_header_claims_more_than_the_shard_holds_is_broken_not_fa
         items = sorted(it.path for it in cat.items())
     assert items == ["00000.tar#a.jpg", "00001.tar#c.jpg"] and result.unreadable == 1
     assert transform_dataset(paths, TransformOptions(max_side=16, workers=1)).made == 2
-    from stylesearch.shards import ShardMember
+    from stylesearch.store.shards import ShardMember
 
     with pytest.raises(KeyError):
         ShardMember(paths.images / "00000.tar", "b.jpg").read_bytes()

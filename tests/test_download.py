@@ -10,13 +10,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from stylesearch.catalog import open_catalog
-from stylesearch.download import DownloadOptions, download
-from stylesearch.fetch import FetchError, fetch_bytes, fetch_once
+from stylesearch.store.catalog import open_catalog
+from stylesearch.ingest.download import DownloadOptions, download
+from stylesearch.ingest.fetch import FetchError, fetch_bytes, fetch_once
 from stylesearch.errors import UserError
-from stylesearch.sources import Entry, guess_format, parse_entries, read_source, sample_entries
-from stylesearch.samples import render
-from stylesearch.storage import dataset_paths
+from stylesearch.ingest.sources import Entry, guess_format, parse_entries, read_source, sample_entries
+from stylesearch.ingest.samples import render
+from stylesearch.store.paths import dataset_paths
 
 
 def _jpeg(seed: int, size=(96, 72)) -> bytes:

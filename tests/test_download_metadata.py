@@ -8,11 +8,11 @@ import json
 
 import pytest
 
-from stylesearch.catalog import Catalog, open_catalog
-from stylesearch.download import DownloadOptions, download
-from stylesearch.filters import parse_filters, to_sql
-from stylesearch.sources import Entry, parse_entries
-from stylesearch.storage import dataset_paths
+from stylesearch.store.catalog import Catalog, open_catalog
+from stylesearch.ingest.download import DownloadOptions, download
+from stylesearch.query.filters import parse_filters, to_sql
+from stylesearch.ingest.sources import Entry, parse_entries
+from stylesearch.store.paths import dataset_paths
 
 from .test_download import Server
 

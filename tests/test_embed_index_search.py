@@ -11,12 +11,12 @@ import sys
 import numpy as np
 import pytest
 
-from stylesearch.catalog import open_catalog
-from stylesearch.embed import EmbedOptions, embed_dataset
+from stylesearch.store.catalog import open_catalog
+from stylesearch.embed.run import EmbedOptions, embed_dataset
 from stylesearch.errors import ItemNotFound, UserError
-from stylesearch.index import check_recall, load_index
-from stylesearch.index_build import build_index
-from stylesearch.search import Searcher, Term, parse_terms, search
+from stylesearch.index.load import check_recall, load_index
+from stylesearch.index.build import build_index
+from stylesearch.query.search import SearchRequest, Searcher, Term, parse_terms, search
 
 from .conftest import TINY, make_dataset, unit_rows, vector_catalog
 
@@ -39,7 +39,7 @@ def test_embed_is_incremental_and_reuses_vectors(tmp_path, tiny_spec, tiny_model
     shutil.move(files[0], paths.images / "renamed.jpg")  # rename: vector reused
     shutil.copy(files[1], paths.images / "copy.jpg")  # duplicate content: vector reused
     files[2].unlink()  # deleted
-    from stylesearch.samples import render
+    from stylesearch.ingest.samples import render
 
     render("dots", "mono", 999).save(files[3])  # changed content
     third = _embed(paths, tiny_spec, tiny_model)
@@ -48,7 +48,7 @@ def test_embed_is_incremental_and_reuses_vectors(tmp_path, tiny_spec, tiny_model
     assert third.embedded == 1  # only the changed file is new content
     with open_catalog(paths) as cat:
         assert cat.status_counts() == {"ok": 12, "deleted": 2}
-        ids, vectors = cat.load_vectors(tiny_spec.key)
+        ids, vectors = cat.vectors.load(tiny_spec.key)
     assert len(ids) == 12 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
 
 
@@ -69,14 +69,14 @@ def test_float16_storage(tmp_path, tiny_spec, tiny_model):
     paths = make_dataset(tmp_path, "half", 4)
     embed_dataset(paths, tiny_spec, options=EmbedOptions(workers=0, storage_dtype="float16", export_onnx=False), model=tiny_model)
     with open_catalog(paths) as cat:
-        assert cat.model(tiny_spec.key)["dtype"] == "float16"
-        _, vectors = cat.load_vectors(tiny_spec.key)
+        assert cat.vectors.model(tiny_spec.key)["dtype"] == "float16"
+        _, vectors = cat.vectors.load(tiny_spec.key)
     assert vectors.dtype == np.float32 and vectors.shape == (4, 64)
 
 
 def test_embed_paths_from_stdin_through_cli(cli, root, tiny_weights, tmp_path):
     outside = tmp_path / "elsewhere"
-    from stylesearch.samples import write_samples
+    from stylesearch.ingest.samples import write_samples
 
     files = write_samples(outside, 3)
     make_dataset(root, "stdin", 0)
@@ -106,7 +106,7 @@ def test_auto_kind_and_incremental_add_and_removal(tmp_path):
     assert first["kind"] == "flat" and first["mode"] == "full"
     with open_catalog(paths) as cat, cat.transaction():
         cat.upsert_item("new.jpg", content_hash="f" * 64, status="ok")
-        cat.put_vectors("m", ["f" * 64], unit_rows(1, 32, seed=9), "float32")
+        cat.vectors.put("m", ["f" * 64], unit_rows(1, 32, seed=9), "float32")
         cat.set_status([1], "deleted")
     second = build_index(paths, "m")
     assert second["mode"] == "incremental (+1)" and second["count"] == 200
@@ -117,20 +117,21 @@ def test_auto_kind_and_incremental_add_and_removal(tmp_path):
 def test_search_by_item_needs_no_model_and_excludes_deleted(tmp_path):
     paths, vectors = _fake_dataset(tmp_path, 50)
     build_index(paths, "m")
-    rows = search(paths, [Term(1.0, "like", "1")], k=5)
+    rows = search(paths, SearchRequest([Term(1.0, "like", "1")], k=5))
     assert rows[0]["id"] != 1 and len(rows) == 5
     expected = (np.argsort(-(vectors @ vectors[0]))[1:6] + 1).tolist()
     assert [r["id"] for r in rows] == expected
     with open_catalog(paths) as cat:
         cat.set_status([expected[0]], "deleted")
-    assert expected[0] not in [r["id"] for r in search(paths, [Term(1.0, "like", "1")], k=5)]
+    assert expected[0] not in [r["id"] for r in search(paths, SearchRequest([Term(1.0, "like", "1")], k=5))]
 
 
 def test_cold_search_by_id_does_not_import_torch(tmp_path):
     paths, _ = _fake_dataset(tmp_path, 30)
     build_index(paths, "m")
-    script = ("import sys\nfrom stylesearch.search import search, Term\nfrom stylesearch.storage import dataset_paths\n"
-              f"rows = search(dataset_paths('vec', {str(tmp_path)!r}), [Term(1.0, 'like', '3')], k=3)\n"
+    script = ("import sys\nfrom stylesearch.query.search import SearchRequest, search, Term\n"
+              "from stylesearch.store.paths import dataset_paths\n"
+              f"rows = search(dataset_paths('vec', {str(tmp_path)!r}), SearchRequest([Term(1.0, 'like', '3')], k=3))\n"
               "print(len(rows), 'torch' in sys.modules, 'open_clip' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["3", "False", "False"]
@@ -151,7 +152,7 @@ def test_query_arithmetic_moves_results(embedded, tiny_spec):
         like = s.search([Term(1.0, "like", "1")], k=35)
         minus = s.search([Term(1.0, "like", "1"), Term(-1.0, "like", "2")], k=35)
         q = s.query_vector([Term(1.0, "like", "1"), Term(-1.0, "like", "2")])
-        v1, v2 = (s.catalog.vector_for_item(s.model_key, s.catalog.item(i)) for i in ("1", "2"))
+        v1, v2 = (s.catalog.vectors.of_item(s.model_key, s.catalog.item(i)) for i in ("1", "2"))
         assert np.allclose(q, (v1 - v2) / np.linalg.norm(v1 - v2), atol=1e-5)
         assert [r["id"] for r in like] != [r["id"] for r in minus]
         text = s.search([Term(1.0, "text", "warm orange stripes")], k=3)
@@ -223,11 +224,11 @@ def test_search_effort_trades_latency_for_recall(tmp_path):
     build_index(paths, "m", "hnsw")
     low, high = load_index(paths, "m", effort=1), load_index(paths, "m", effort=400)
     with open_catalog(paths) as cat:
-        ids, vecs = cat.load_vectors("m")
-    from stylesearch.index import recall_at_k
+        ids, vecs = cat.vectors.load("m")
+    from stylesearch.index.load import recall_at_k
 
     assert recall_at_k(high, ids, vecs, 100) > recall_at_k(low, ids, vecs, 100)
-    assert len(search(paths, [Term(1.0, "like", "5")], k=4, effort=64)) == 4
+    assert len(search(paths, SearchRequest([Term(1.0, "like", "5")], k=4, effort=64))) == 4
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])

@@ -17,15 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stylesearch.catalog import open_catalog
-from stylesearch.dataset import create_dataset, list_datasets
+from stylesearch.store.catalog import open_catalog
+from stylesearch.store.datasets import create_dataset, list_datasets
 from stylesearch.errors import UserError
-from stylesearch.index_build import build_index
-from stylesearch.judgments import parse_log_lines
-from stylesearch.metric import DiagonalMetric, save_metric
-from stylesearch.samples import write_samples
-from stylesearch.scan import scan, walk_images
-from stylesearch.storage import check_dataset_name, dataset_paths
+from stylesearch.index.build import build_index
+from stylesearch.learn.judgments import parse_log_lines
+from stylesearch.learn.metric import DiagonalMetric, save_metric
+from stylesearch.ingest.samples import write_samples
+from stylesearch.ingest.scan import scan, walk_images
+from stylesearch.store.paths import check_dataset_name, dataset_paths
 
 from .conftest import unit_rows
 
@@ -61,8 +61,8 @@ def vector_dataset(root: Path, name: str = "vec", n: int = 30, dim: int = 16):
         scan(cat)
         hashes = [it.content_hash for it in cat.items()]
         with cat.transaction():
-            cat.ensure_model("m", "m", "t", dim, "float32")
-            cat.put_vectors("m", hashes, vectors[: len(hashes)], "float32")
+            cat.vectors.ensure_model("m", "m", "t", dim, "float32")
+            cat.vectors.put("m", hashes, vectors[: len(hashes)], "float32")
     build_index(paths, "m", "flat")
     save_metric(paths, "m", DiagonalMetric(np.ones(dim)))
     return paths
@@ -70,9 +70,9 @@ def vector_dataset(root: Path, name: str = "vec", n: int = 30, dim: int = 16):
 
 SCAN_AS_USER = """
 import json, sys
-from stylesearch.catalog import open_catalog
-from stylesearch.scan import scan
-from stylesearch.storage import dataset_paths
+from stylesearch.store.catalog import open_catalog
+from stylesearch.ingest.scan import scan
+from stylesearch.store.paths import dataset_paths
 paths = dataset_paths(sys.argv[2], sys.argv[1])
 with open_catalog(paths) as cat:
     result = scan(cat)

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from stylesearch.catalog import SCHEMA_VERSION, open_catalog
+from stylesearch.store.catalog import SCHEMA_VERSION, open_catalog
 from stylesearch.errors import CatalogError, DatasetBusy
-from stylesearch.storage import append_jsonl, atomic_write_json, dataset_paths, writer_lock
+from stylesearch.store.files import append_jsonl, atomic_write_json, writer_lock
+from stylesearch.store.paths import dataset_paths
 
 from .conftest import make_dataset
 
@@ -140,10 +141,10 @@ def test_vectors_of_two_models_coexist(tmp_path):
     with open_catalog(paths, create=True) as cat:
         item = cat.upsert_item("a.jpg", size=1, mtime=1.0, content_hash="h1", status="ok")
         for key, dim in (("m1", 4), ("m2", 8)):
-            cat.ensure_model(key, key, "tag", dim, "float32")
-            cat.put_vectors(key, ["h1"], np.ones((1, dim)), "float32")
-        ids1, v1 = cat.load_vectors("m1")
-        ids2, v2 = cat.load_vectors("m2")
+            cat.vectors.ensure_model(key, key, "tag", dim, "float32")
+            cat.vectors.put(key, ["h1"], np.ones((1, dim)), "float32")
+        ids1, v1 = cat.vectors.load("m1")
+        ids2, v2 = cat.vectors.load("m2")
     assert ids1.tolist() == ids2.tolist() == [item]
     assert v1.shape == (1, 4) and v2.shape == (1, 8)
 
@@ -159,7 +160,7 @@ def test_shipped_completions_match_the_cli(shell):
 
 
 def test_new_catalogs_use_pages_that_fit_vectors(tmp_path):
-    from stylesearch.catalog import PAGE_SIZE
+    from stylesearch.store.catalog import PAGE_SIZE
 
     paths = dataset_paths("pages", tmp_path)
     with open_catalog(paths, create=True) as cat:

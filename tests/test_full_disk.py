@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stylesearch.catalog import open_catalog
-from stylesearch.dataset import create_dataset
+from stylesearch.store.catalog import open_catalog
+from stylesearch.store.datasets import create_dataset
 from stylesearch.errors import DiskFull
-from stylesearch.samples import write_samples
-from stylesearch.storage import append_jsonl, atomic_write_json, dataset_paths
+from stylesearch.ingest.samples import write_samples
+from stylesearch.store.files import append_jsonl, atomic_write_json
+from stylesearch.store.paths import dataset_paths
 
 
 @pytest.fixture
@@ -94,7 +95,7 @@ def test_a_short_write_is_taken_back(tmp_path, monkeypatch):
 
 
 def test_a_line_cut_by_an_earlier_crash_never_swallows_the_next(tmp_path):
-    from stylesearch.judgments import read_log
+    from stylesearch.learn.judgments import read_log
 
     log = tmp_path / "triplets.jsonl"
     append_jsonl(log, judgment(0))
@@ -121,7 +122,7 @@ def vector_dataset(home_root: Path, count: int = 40):
     paths = dataset_paths("full", home_root)
     write_samples(paths.images, count)
     create_dataset(paths)
-    from stylesearch.scan import scan
+    from stylesearch.ingest.scan import scan
 
     with open_catalog(paths) as cat:
         scan(cat)
@@ -129,14 +130,14 @@ def vector_dataset(home_root: Path, count: int = 40):
         vectors = np.random.default_rng(0).normal(size=(len(items), 16)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         with cat.transaction():
-            cat.ensure_model("m", "m", "t", 16, "float32")
-            cat.put_vectors("m", [it.content_hash for it in items], vectors, "float32")
+            cat.vectors.ensure_model("m", "m", "t", 16, "float32")
+            cat.vectors.put("m", [it.content_hash for it in items], vectors, "float32")
     return paths
 
 
 def test_catalog_index_and_thumbnail_writers_say_disk_full_and_keep_state(small_disk, cli):
-    from stylesearch.index_build import build_index
-    from stylesearch.scan import scan
+    from stylesearch.index.build import build_index
+    from stylesearch.ingest.scan import scan
 
     paths = vector_dataset(small_disk.mount, 12)
     first = build_index(paths, "m", kind="flat")

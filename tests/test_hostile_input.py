@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stylesearch.catalog import open_catalog
-from stylesearch.filters import parse_filters, to_sql
-from stylesearch.search import Term, search
+from stylesearch.store.catalog import open_catalog
+from stylesearch.query.filters import parse_filters, to_sql
+from stylesearch.query.search import SearchRequest, Term, search
 
 from .test_metadata_search import feed_dataset
 
@@ -122,7 +122,7 @@ def _check_long_lists(paths, count):
     numbers = ", ".join(str(n + 100) for n in range(count - 1))
     assert _ids(paths, f"price in ({numbers}, 5)") == [6]
     assert _ids(paths, f"path in ({words}, 7.jpg)") == [8]
-    rows = search(paths, [Term(1.0, "like", "1")], k=3, filters=parse_filters([f"price in ({numbers}, 5, 6)"]))
+    rows = search(paths, SearchRequest([Term(1.0, "like", "1")], k=3, filters=parse_filters([f"price in ({numbers}, 5, 6)"])))
     assert sorted(r["id"] for r in rows) == [6, 7]
 
 
@@ -228,7 +228,7 @@ def test_search_shows_metadata_named_like_result_fields_under_meta_names(cli, ro
 
 def test_umap_export_keeps_metadata_named_like_its_columns(monkeypatch, cli, root, tmp_path):
     _colliding_dataset(root, "u")
-    monkeypatch.setattr("stylesearch.projection.umap_2d", lambda vectors, opt: vectors[:, :2] + 100)
+    monkeypatch.setattr("stylesearch.maps.projection.umap_2d", lambda vectors, opt: vectors[:, :2] + 100)
     text = cli("umap-export", "u", "--format", "csv").stdout
     records = list(csv.DictReader(io.StringIO(text)))
     assert list(records[0]) == ["id", "path", "x", "y", "brand", "meta.dataset", "meta.file", "meta.group", "meta.id",

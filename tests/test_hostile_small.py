@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from stylesearch.fetch import AddressRefused, address_refused, fetch_once
+from stylesearch.ingest.fetch import AddressRefused, address_refused, fetch_once
 
 NON_PUBLIC_V4 = ("127.0.0.1", "10.1.2.3", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stylesearch.catalog import open_catalog
+from stylesearch.store.catalog import open_catalog
 from stylesearch.errors import UserError
-from stylesearch.index import check_recall, load_index
-from stylesearch.index_build import build_index
-from stylesearch.index_plan import choose_plan, nlist_for, parse_bytes
+from stylesearch.index.load import check_recall, load_index
+from stylesearch.index.build import build_index
+from stylesearch.index.plan import choose_plan, nlist_for, parse_bytes
 
 from .conftest import unit_rows, vector_catalog
 
@@ -52,8 +52,8 @@ def _dataset(tmp_path, n=6000, dim=32):
 
 
 def test_streamed_ivfsq_build_is_mmapped_and_accurate(tmp_path, monkeypatch):
-    monkeypatch.setattr("stylesearch.index_plan.CHUNK", 700)  # many chunks
-    monkeypatch.setattr("stylesearch.index_build.CHUNK", 700)
+    monkeypatch.setattr("stylesearch.index.plan.CHUNK", 700)  # many chunks
+    monkeypatch.setattr("stylesearch.index.build.CHUNK", 700)
     paths, vectors = _dataset(tmp_path)
     meta = build_index(paths, "m", "ivfsq")
     assert meta["count"] == 6000 and meta["factory"].endswith(",SQ8") and meta["nprobe"] >= 16

@@ -16,11 +16,12 @@ import time
 
 import pytest
 
-from stylesearch.catalog import open_catalog
-from stylesearch.download import DownloadOptions, download
-from stylesearch.scan import scan
-from stylesearch.sources import Entry
-from stylesearch.storage import TEMP_MARK, dataset_paths
+from stylesearch.store.catalog import open_catalog
+from stylesearch.ingest.download import DownloadOptions, download
+from stylesearch.ingest.scan import scan
+from stylesearch.ingest.sources import Entry
+from stylesearch.store.files import TEMP_MARK
+from stylesearch.store.paths import dataset_paths
 
 from .test_download import Server
 
@@ -100,9 +101,9 @@ def slow_fsync(fd):
     time.sleep(0.01)
     real_fsync(fd)
 os.replace, os.fsync = slow_replace, slow_fsync
-from stylesearch.download import DownloadOptions, download
-from stylesearch.sources import Entry
-from stylesearch.storage import DatasetPaths
+from stylesearch.ingest.download import DownloadOptions, download
+from stylesearch.ingest.sources import Entry
+from stylesearch.store.paths import DatasetPaths
 cfg = json.loads(sys.argv[1])
 print("ready", flush=True)
 download(DatasetPaths(Path(cfg["home"])), [Entry(**e) for e in cfg["entries"]],

@@ -16,17 +16,18 @@ import time
 import numpy as np
 import pytest
 
-from stylesearch.catalog import open_catalog
-from stylesearch.index import load_index
-from stylesearch.samples import write_samples
-from stylesearch.storage import TEMP_MARK, dataset_paths
+from stylesearch.store.catalog import open_catalog
+from stylesearch.index.load import load_index
+from stylesearch.ingest.samples import write_samples
+from stylesearch.store.files import TEMP_MARK
+from stylesearch.store.paths import dataset_paths
 
 from .conftest import TINY, unit_rows, vector_catalog
 
 BUILD = """
 import sys
-from stylesearch.index_build import build_index
-from stylesearch.storage import dataset_paths
+from stylesearch.index.build import build_index
+from stylesearch.store.paths import dataset_paths
 build_index(dataset_paths(sys.argv[2], sys.argv[1]), "m", sys.argv[3], full=True)
 """
 
@@ -89,7 +90,7 @@ def test_embed_killed_repeatedly_then_rerun_is_complete(tmp_path):
         assert len(items) == 150
         hashes = {it.content_hash for it in items}
         key = f"{TINY}__random"
-        assert cat.hashes_with_vectors(key) == hashes
-        ids, vectors = cat.load_vectors(key)
+        assert cat.vectors.hashes(key) == hashes
+        ids, vectors = cat.vectors.load(key)
         assert len(ids) == 150 and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
     assert leftovers(paths.home) == []

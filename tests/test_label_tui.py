@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 
-from stylesearch.catalog import open_catalog
-from stylesearch.labelling import LabelSession
-from stylesearch.judgments import triplet_key
-from stylesearch.scan import scan
+from stylesearch.store.catalog import open_catalog
+from stylesearch.learn.labelling import LabelSession
+from stylesearch.learn.judgments import triplet_key
+from stylesearch.ingest.scan import scan
 
 from .conftest import make_dataset, unit_rows
 
@@ -20,8 +20,8 @@ def labelled_dataset(tmp_path, count=12):
         scan(cat)
         items = cat.items("ok")
         with cat.transaction():
-            cat.ensure_model("m", "m", "t", 16, "float32")
-            cat.put_vectors("m", [it.content_hash for it in items], unit_rows(len(items), 16, 3), "float32")
+            cat.vectors.ensure_model("m", "m", "t", 16, "float32")
+            cat.vectors.put("m", [it.content_hash for it in items], unit_rows(len(items), 16, 3), "float32")
     return paths
 
 

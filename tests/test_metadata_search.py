@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from stylesearch.catalog import open_catalog
+from stylesearch.store.catalog import open_catalog
 from stylesearch.errors import UserError
-from stylesearch.filters import parse_clause, parse_filters
-from stylesearch.index_build import build_index
-from stylesearch.search import Term, search, search_datasets
-from stylesearch.storage import dataset_paths
-from stylesearch.tags import parse_attribute, tag_dataset, zero_shot
+from stylesearch.query.filters import parse_clause, parse_filters
+from stylesearch.index.build import build_index
+from stylesearch.query.search import SearchRequest, Term, search, search_datasets
+from stylesearch.store.paths import dataset_paths
+from stylesearch.maps.tags import parse_attribute, tag_dataset, zero_shot
 
 from .conftest import unit_rows
 
@@ -25,14 +25,14 @@ def feed_dataset(root, name="feed", n=200, dim=16, seed=0, key="m"):
     paths = dataset_paths(name, root)
     vectors = unit_rows(n, dim, seed)
     with open_catalog(paths, create=True) as cat, cat.transaction():
-        cat.ensure_model(key, "m", "t", dim, "float32")
+        cat.vectors.ensure_model(key, "m", "t", dim, "float32")
         for i in range(n):
             item_id = cat.upsert_item(f"{i}.jpg", content_hash=f"{seed}{i:063d}", status="ok")
             cat.set_metadata(item_id, {"category": CATEGORIES[i % 4], "price": float(i), "title": f"Item {i}",
                                        "tags": ["red", "dress"] if i % 5 == 0 else ["blue"],
                                        "dims": {"w": i % 7}})
             cat.set_group(item_id, f"g{i // 2}")
-        cat.put_vectors(key, [f"{seed}{i:063d}" for i in range(n)], vectors, "float32")
+        cat.vectors.put(key, [f"{seed}{i:063d}" for i in range(n)], vectors, "float32")
     return paths, vectors
 
 
@@ -61,32 +61,32 @@ def test_filtered_search_is_exact_and_unknown_fields_are_listed(tmp_path):
                         (["dims.w>=5"], lambda i: i % 7 >= 5),
                         (["category!=summer", "category not in (winter)"], lambda i: i % 4 in (2, 3)),
                         (["title exists", "width exists"], lambda i: False)):
-        rows = search(paths, [query], k=5, filters=parse_filters(where))
+        rows = search(paths, SearchRequest([query], k=5, filters=parse_filters(where)))
         allowed = np.array([keep(i) and i != 0 for i in range(len(vectors))])
         scores = np.where(allowed, vectors @ vectors[0], -np.inf)
         expected = [int(i) + 1 for i in np.argsort(-scores)[: min(5, allowed.sum())]]
         assert ids_of(rows) == expected, where
         assert all(keep(r["id"] - 1) for r in rows)
     with pytest.raises(UserError, match="Unknown field 'colour'") as info:
-        search(paths, [query], filters=parse_filters(["colour=red"]))
+        search(paths, SearchRequest([query], filters=parse_filters(["colour=red"])))
     assert "category" in info.value.hint and "price" in info.value.hint
 
 
 def test_unselective_filter_widens_through_the_index_until_k(tmp_path, monkeypatch):
     paths, vectors = feed_dataset(tmp_path, n=400)
     build_index(paths, "m", "flat")
-    monkeypatch.setattr("stylesearch.search.EXACT_SUBSET_LIMIT", 10)  # force the oversample-and-filter path
-    rows = search(paths, [Term(1.0, "like", "1")], k=20, filters=parse_filters(["category=summer"]))
+    monkeypatch.setattr("stylesearch.query.search.EXACT_SUBSET_LIMIT", 10)  # force the oversample-and-filter path
+    rows = search(paths, SearchRequest([Term(1.0, "like", "1")], k=20, filters=parse_filters(["category=summer"])))
     allowed = np.array([i % 4 == 0 and i != 0 for i in range(400)])
     expected = [int(i) + 1 for i in np.argsort(-np.where(allowed, vectors @ vectors[0], -np.inf))[:20]]
     assert ids_of(rows) == expected
-    rare = search(paths, [Term(1.0, "like", "1")], k=5, filters=parse_filters(["price>=398"]))
+    rare = search(paths, SearchRequest([Term(1.0, "like", "1")], k=5, filters=parse_filters(["price>=398"])))
     assert ids_of(rare) == sorted([399, 400], key=lambda i: -(vectors[i - 1] @ vectors[0]))
 
 
 def test_group_returns_the_best_item_of_each_group(tmp_path):
     paths, vectors = feed_dataset(tmp_path)
-    rows = search(paths, [Term(1.0, "like", "3")], k=8, group=True)
+    rows = search(paths, SearchRequest([Term(1.0, "like", "3")], k=8, group=True))
     groups = [r["group"] for r in rows]
     assert len(groups) == 8 and len(set(groups)) == 8
     scores = vectors @ vectors[2]
@@ -99,14 +99,14 @@ def test_group_returns_the_best_item_of_each_group(tmp_path):
 def test_cross_dataset_search_merges_and_names_datasets(tmp_path):
     a, va = feed_dataset(tmp_path, "a", n=50, seed=1)
     b, vb = feed_dataset(tmp_path, "b", n=50, seed=2)
-    rows = search_datasets([a, b], [Term(1.0, "like", "1")], k=10)
+    rows = search_datasets([a, b], SearchRequest([Term(1.0, "like", "1")], k=10))
     assert {r["dataset"] for r in rows} == {"a", "b"} and [r["rank"] for r in rows] == list(range(1, 11))
     merged = sorted([(float(va[i] @ va[0]), "a", i + 1) for i in range(1, 50)] +
                     [(float(vb[i] @ va[0]), "b", i + 1) for i in range(50)], reverse=True)[:10]
     assert [(r["dataset"], r["id"]) for r in rows] == [(d, i) for _, d, i in merged]
     other, _ = feed_dataset(tmp_path, "other", n=10, key="other-model")
     with pytest.raises(UserError, match="different models") as info:
-        search_datasets([a, other], [Term(1.0, "like", "1")])
+        search_datasets([a, other], SearchRequest([Term(1.0, "like", "1")]))
     assert "other: other-model" in info.value.message
 
 
@@ -152,7 +152,7 @@ def test_meta_command_attaches_by_path_id_or_url_and_counts_unknown(cli, root, t
 
 def test_umap_coordinates_carry_metadata(monkeypatch, cli, root):
     feed_dataset(root, "u", n=30)
-    monkeypatch.setattr("stylesearch.projection.umap_2d", lambda vectors, opt: vectors[:, :2])
+    monkeypatch.setattr("stylesearch.maps.projection.umap_2d", lambda vectors, opt: vectors[:, :2])
     rows = json.loads(cli("umap-export", "u", "--format", "json").stdout)
     assert len(rows) == 30 and rows[0]["category"] == "summer" and rows[0]["price"] == 0.0
     header = cli("umap-export", "u", "--format", "csv").stdout.splitlines()[0]
@@ -177,7 +177,7 @@ def test_zero_shot_tagging_is_incremental(tmp_path):
     paths, vectors = feed_dataset(tmp_path, n=40)
     encoder = FakeEncoder({"photo": 0, "illustration": 1, "3d render": 2}, vectors.shape[1])
     attrs = dict([parse_attribute('style=photo,illustration,"3d render"')])
-    from stylesearch.models import ModelSpec
+    from stylesearch.embed.models import ModelSpec
 
     spec = ModelSpec("m", "t", stored_key="m")
     first = tag_dataset(paths, spec, attrs, encoder=encoder)
@@ -198,7 +198,7 @@ def test_zero_shot_tagging_is_incremental(tmp_path):
 
 
 def test_typed_values_keep_what_numbers_would_lose():
-    from stylesearch.metadata import typed_value
+    from stylesearch.ingest.metadata import typed_value
 
     assert [typed_value(v) for v in ("12", "2.50", "-3", "1e3", "true", '["a"]', "")] == [12, 2.5, -3, 1000.0, True,
                                                                                              ["a"], None]
@@ -211,13 +211,13 @@ def test_filter_values_match_as_written_and_as_numbers(tmp_path):
     with open_catalog(paths) as cat, cat.transaction():
         cat.set_metadata(1, {"sku": "007", "version": "1.10"})
         cat.set_metadata(2, {"sku": 7, "version": 1.1})
-    rows = lambda where: sorted(r["id"] for r in search(paths, [Term(1.0, "like", "3")], k=5,
-                                                        filters=parse_filters([where])))
+    rows = lambda where: sorted(r["id"] for r in search(paths, SearchRequest([Term(1.0, "like", "3")], k=5,
+                                                        filters=parse_filters([where]))))
     assert rows("sku=007") == [1, 2] and rows("sku='007'") == [1] and rows("version=1.10") == [1, 2]
 
 
 def test_meta_prefers_the_url_over_a_source_id(tmp_path):
-    from stylesearch.metadata import attach_metadata
+    from stylesearch.ingest.metadata import attach_metadata
 
     paths, _ = feed_dataset(tmp_path, "urls", n=4)
     with open_catalog(paths) as cat, cat.transaction():

@@ -7,14 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from stylesearch.catalog import open_catalog
+from stylesearch.store.catalog import open_catalog
 from stylesearch.errors import NotReady
-from stylesearch.judgments import JudgmentLog, new_judgment, read_log
-from stylesearch.labelling import TripletSampler
-from stylesearch.metric import DiagonalMetric, IdentityMetric, load_metric
-from stylesearch.metric_train import TrainOptions, train_metric
-from stylesearch.search import Term, search
-from stylesearch.storage import append_jsonl, dataset_paths
+from stylesearch.learn.judgments import JudgmentLog, new_judgment, read_log
+from stylesearch.learn.labelling import TripletSampler
+from stylesearch.learn.metric import DiagonalMetric, IdentityMetric, load_metric
+from stylesearch.learn.train import TrainOptions, train_metric
+from stylesearch.query.search import SearchRequest, Term, search
+from stylesearch.store.files import append_jsonl
+from stylesearch.store.paths import dataset_paths
 
 from .conftest import unit_rows
 
@@ -24,10 +25,10 @@ def planted_dataset(tmp_path, n=300, dim=32, seed=0, name="planted"):
     paths = dataset_paths(name, tmp_path)
     vectors = unit_rows(n, dim, seed)
     with open_catalog(paths, create=True) as cat, cat.transaction():
-        cat.ensure_model("m", "m", "t", dim, "float32")
+        cat.vectors.ensure_model("m", "m", "t", dim, "float32")
         for i in range(n):
             cat.upsert_item(f"img{i}.jpg", content_hash=f"{i:064d}", status="ok")
-        cat.put_vectors("m", [f"{i:064d}" for i in range(n)], vectors, "float32")
+        cat.vectors.put("m", [f"{i:064d}" for i in range(n)], vectors, "float32")
     rng = np.random.default_rng(seed + 1)
     hidden = np.where(rng.random(dim) < 0.25, 8.0, 0.1)
     return paths, vectors, hidden * dim / hidden.sum()
@@ -71,8 +72,8 @@ def test_search_applies_weights_unless_raw(tmp_path):
     simulate(paths, vectors, hidden, 600)
     train_metric(paths, "m")
     metric = load_metric(paths, "m")
-    learned = search(paths, [Term(1.0, "like", "1")], k=5)
-    raw = search(paths, [Term(1.0, "like", "1")], k=5, raw=True)
+    learned = search(paths, SearchRequest([Term(1.0, "like", "1")], k=5))
+    raw = search(paths, SearchRequest([Term(1.0, "like", "1")], k=5, raw=True))
     expected = np.argsort(-metric.scores(vectors[0], vectors))[1:6] + 1
     assert [r["id"] for r in learned] == expected.tolist()
     assert [r["id"] for r in raw] == (np.argsort(-(vectors @ vectors[0]))[1:6] + 1).tolist()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stylesearch.index import RAW_SPACE, check_recall, load_index
-from stylesearch.index_build import build_index
-from stylesearch.metric import DiagonalMetric, LowRankMetric, save_metric
-from stylesearch.search import Searcher, Term
+from stylesearch.index.load import RAW_SPACE, check_recall, load_index
+from stylesearch.index.build import build_index
+from stylesearch.learn.metric import DiagonalMetric, LowRankMetric, save_metric
+from stylesearch.query.search import Searcher, Term
 
 from .conftest import unit_rows, vector_catalog
 

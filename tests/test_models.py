@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from stylesearch.errors import ModelWeightsMissing, UserError
-from stylesearch.models import ModelSpec, load_model
+from stylesearch.embed.models import ModelSpec, load_model
 
 from .conftest import TINY, make_dataset
 
 pytestmark = pytest.mark.slow  # every test here loads open_clip
 
 CONFIG = json.loads((__import__("pathlib").Path(__file__).parent.parent
-                     / "stylesearch" / "model_configs" / f"{TINY}.json").read_text())
+                     / "stylesearch" / "embed" / "model_configs" / f"{TINY}.json").read_text())
 
 
 def fake_hf_cache(hf_home, repo: str, weights, filename: str = "open_clip_pytorch_model.bin"):
@@ -59,7 +59,7 @@ def test_pretrained_tag_resolves_through_fake_cache(tmp_path, tiny_weights):
     fake_hf_cache(hf_home, "stylesearch/tiny-tag", tiny_weights)
     script = textwrap.dedent(f"""
         import open_clip.pretrained as p
-        from stylesearch.models import ModelSpec, load_model, weights_cached, _register_configs
+        from stylesearch.embed.models import ModelSpec, load_model, weights_cached, _register_configs
         _register_configs()
         p._PRETRAINED[{TINY!r}] = {{"faketag": {{"hf_hub": "stylesearch/tiny-tag/"}}}}
         spec = ModelSpec({TINY!r}, "faketag")

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stylesearch.embed import EmbedOptions, embed_dataset
-from stylesearch.encoders.onnx import STAMP, load_export
-from stylesearch.encoders.pixels import Preprocess, decode
-from stylesearch.encoders.query import CachedQueryEncoder, OnnxQueryEncoder, QueryCache, query_encoder
-from stylesearch.images import load_rgb
-from stylesearch.samples import render
-from stylesearch.storage import dataset_paths
+from stylesearch.embed.run import EmbedOptions, embed_dataset
+from stylesearch.embed.encoders.onnx import STAMP, load_export
+from stylesearch.embed.encoders.pixels import Preprocess, decode
+from stylesearch.embed.encoders.query import CachedQueryEncoder, OnnxQueryEncoder, QueryCache, query_encoder
+from stylesearch.store.images import load_rgb
+from stylesearch.ingest.samples import render
+from stylesearch.store.paths import dataset_paths
 
 from .conftest import make_dataset
 
@@ -45,7 +45,7 @@ def _random_texts(n: int, seed: int = 0, pool=None) -> list[str]:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, tiny_spec, tiny_model):
     """8 images embedded with torch (which exports the text tower), then the image towers exported too."""
-    from stylesearch.onnx_export import export_onnx
+    from stylesearch.embed.export import export_onnx
 
     paths = make_dataset(tmp_path_factory.mktemp("onnx"), "ox", 8)
     result = embed_dataset(paths, tiny_spec, options=EmbedOptions(workers=0, backend="torch"), model=tiny_model)
@@ -59,8 +59,8 @@ def exported(tmp_path_factory, tiny_spec, tiny_model):
 def test_torch_free_tokenizer_gives_open_clip_ids(tmp_path, tiny_model):
     from open_clip.tokenizer import SimpleTokenizer, get_clean_fn
 
-    from stylesearch.onnx_export import _tokenizer_entry
-    from stylesearch.text_tokens import _PLAIN, ClipTokenizer, clean, write_merges
+    from stylesearch.embed.export import _tokenizer_entry
+    from stylesearch.embed.tokens import _PLAIN, ClipTokenizer, clean, write_merges
 
     entry, merges = _tokenizer_entry(tiny_model.tokenizer)
     write_merges(tmp_path / "vocab.gz", merges)
@@ -202,7 +202,7 @@ def test_searches_on_a_read_only_dataset_import_no_torch(exported):
 
 
 def test_embed_with_onnx_backends(exported, tiny_spec, tmp_path):
-    from stylesearch.catalog import open_catalog
+    from stylesearch.store.catalog import open_catalog
 
     with open_catalog(exported, readonly=True) as cat:
         reference = dict(zip(*_vectors_by_hash(cat, tiny_spec.key)))
@@ -220,7 +220,7 @@ def test_embed_with_onnx_backends(exported, tiny_spec, tmp_path):
 
 
 def _vectors_by_hash(cat, key):
-    ids, vectors = cat.load_vectors(key)
+    ids, vectors = cat.vectors.load(key)
     return [cat.item(str(i)).content_hash for i in ids], vectors
 
 

@@ -13,10 +13,10 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from stylesearch.fetch import valid_url  # noqa: E402
+from stylesearch.ingest.fetch import valid_url  # noqa: E402
 from stylesearch.errors import StyleSearchError  # noqa: E402
-from stylesearch.sources import (  # noqa: E402
-    CAPTION_KEYS, ID_KEYS, LIST_KEYS, URL_KEYS, Entry, guess_format, parse_entries, read_source)
+from stylesearch.ingest.sources import (CAPTION_KEYS, ID_KEYS, LIST_KEYS, URL_KEYS, Entry, guess_format, parse_entries,
+                                        read_source)
 
 FORMATS = ("txt", "csv", "tsv", "jsonl")
 SETTINGS = settings(max_examples=100, deadline=None, database=None)
@@ -164,8 +164,8 @@ odd_values = json_values | st.sampled_from([10**400, -(10**1000), 2**63, float("
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory):
-    from stylesearch.catalog import open_catalog
-    from stylesearch.storage import dataset_paths
+    from stylesearch.store.catalog import open_catalog
+    from stylesearch.store.paths import dataset_paths
 
     with open_catalog(dataset_paths("meta", tmp_path_factory.mktemp("catalog")), create=True) as cat:
         cat.upsert_item("x.jpg", status="ok")

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from stylesearch.errors import NotReady
-from stylesearch.projection import UmapOptions, format_coords, free_cell, load_projection, project_dataset, render_map
+from stylesearch.maps.projection import (UmapOptions, format_coords, free_cell, load_projection, project_dataset,
+                                         render_map)
 
 
 
@@ -53,12 +54,12 @@ def test_free_cell_spirals_outward():
 
 
 def test_too_few_items_for_umap(tmp_path):
-    from stylesearch.storage import dataset_paths
-    from stylesearch.catalog import open_catalog
+    from stylesearch.store.paths import dataset_paths
+    from stylesearch.store.catalog import open_catalog
 
     paths = dataset_paths("small", tmp_path)
     with open_catalog(paths, create=True) as cat:
-        cat.ensure_model("m", "m", "t", 4, "float32")
+        cat.vectors.ensure_model("m", "m", "t", 4, "float32")
     with pytest.raises(NotReady, match="at least 4"):
         project_dataset(paths, "m")
 

@@ -7,8 +7,8 @@ import builtins
 import numpy as np
 import pytest
 
-from stylesearch.catalog import open_catalog
-from stylesearch.embed import EmbedOptions, embed_dataset
+from stylesearch.store.catalog import open_catalog
+from stylesearch.embed.run import EmbedOptions, embed_dataset
 from stylesearch.errors import UserError
 
 from .conftest import make_dataset
@@ -17,7 +17,7 @@ from .conftest import make_dataset
 @pytest.mark.slow
 def test_ray_engine_gives_the_local_vectors(tmp_path, tiny_spec, tiny_model):
     pytest.importorskip("ray", reason="ray is an optional extra (pip install 'stylesearch[ray]')")
-    from stylesearch.encoders.ray import RayEncoder, RayOptions
+    from stylesearch.embed.encoders.ray import RayEncoder, RayOptions
 
     options = EmbedOptions(backend="torch", batch_size=8, workers=0, export_onnx=False)
     local = make_dataset(tmp_path / "local", "local", 30)
@@ -31,7 +31,7 @@ def test_ray_engine_gives_the_local_vectors(tmp_path, tiny_spec, tiny_model):
     vectors = {}
     for name, paths in (("local", local), ("ray", remote)):
         with open_catalog(paths, readonly=True) as cat:
-            ids, mat = cat.load_vectors(tiny_spec.key)
+            ids, mat = cat.vectors.load(tiny_spec.key)
             vectors[name] = {it.path: mat[n] for n, it in enumerate(it for it in cat.items() if it.id in set(ids))}
     assert vectors["local"].keys() == vectors["ray"].keys() and len(vectors["ray"]) == 30
     for path, vector in vectors["local"].items():
@@ -47,7 +47,7 @@ def test_ray_engine_without_ray_says_how_to_install(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
-    from stylesearch.encoders.ray import RayEncoder
+    from stylesearch.embed.encoders.ray import RayEncoder
 
     with pytest.raises(UserError, match="ray package") as info:
         RayEncoder.load(None, EmbedOptions())

@@ -19,9 +19,9 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
 
-from stylesearch.catalog import open_catalog  # noqa: E402
-from stylesearch.index_build import build_index  # noqa: E402
-from stylesearch.metric import DiagonalMetric, save_metric  # noqa: E402
+from stylesearch.store.catalog import open_catalog  # noqa: E402
+from stylesearch.index.build import build_index  # noqa: E402
+from stylesearch.learn.metric import DiagonalMetric, save_metric  # noqa: E402
 from stylesearch.server.app import create_app  # noqa: E402
 from stylesearch.server.config import ServerConfig  # noqa: E402
 
@@ -38,9 +38,9 @@ def picture_dataset(root: Path, name: str = "pics", count: int = 30):
     (everything the page shows, without a model)."""
     from PIL import Image
 
-    from stylesearch.atlas import AtlasOptions, build_atlas
-    from stylesearch.projection import save_projection
-    from stylesearch.transform import TransformOptions, transform_dataset
+    from stylesearch.maps.atlas import AtlasOptions, build_atlas
+    from stylesearch.maps.projection import save_projection
+    from stylesearch.ingest.transform import TransformOptions, transform_dataset
 
     paths = make_dataset(root, name, count)
     transform_dataset(paths, TransformOptions(max_side=128, workers=1))
@@ -54,8 +54,8 @@ def picture_dataset(root: Path, name: str = "pics", count: int = 30):
             cat.set_metadata(item.id, {"palette": palette, "pattern": pattern})
         vectors = np.stack(rows)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        cat.ensure_model("m", "m", "t", vectors.shape[1], "float32")
-        cat.put_vectors("m", [it.content_hash for it in items], vectors, "float32")
+        cat.vectors.ensure_model("m", "m", "t", vectors.shape[1], "float32")
+        cat.vectors.put("m", [it.content_hash for it in items], vectors, "float32")
     centred = vectors - vectors.mean(0)
     coords = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T
     save_projection(paths, "m", np.array([it.id for it in items]), coords.astype(np.float32))
@@ -100,18 +100,18 @@ def search(c, name, **body):
 
 
 def test_search_similar_and_cross_dataset_match_the_library(client, root):
-    from stylesearch.filters import parse_filters
-    from stylesearch.search import Term, search as lib_search, search_datasets
+    from stylesearch.query.filters import parse_filters
+    from stylesearch.query.search import SearchRequest, Term, search as lib_search, search_datasets
 
     a, _ = feed_dataset(root, "a", n=60, seed=1)
     b, _ = feed_dataset(root, "b", n=60, seed=2)
     c = client()
     rows = search(c, "a", likes=["3"], k=5, where=["category in (summer, winter)"], group=True)
-    assert rows == lib_search(a, [Term(1.0, "like", "3")], k=5, filters=parse_filters(["category in (summer, winter)"]),
-                              group=True)
-    assert c.get("/api/datasets/a/similar/3?k=5").json()["rows"] == lib_search(a, [Term(1.0, "like", "3")], k=5)
+    assert rows == lib_search(a, SearchRequest([Term(1.0, "like", "3")], k=5, filters=parse_filters(["category in (summer, winter)"]),
+                              group=True))
+    assert c.get("/api/datasets/a/similar/3?k=5").json()["rows"] == lib_search(a, SearchRequest([Term(1.0, "like", "3")], k=5))
     many = c.post("/api/search", json={"likes": ["1"], "k": 8, "all": True}).json()
-    assert many["title"] == "a, b" and many["rows"] == search_datasets([a, b], [Term(1.0, "like", "1")], k=8)
+    assert many["title"] == "a, b" and many["rows"] == search_datasets([a, b], SearchRequest([Term(1.0, "like", "1")], k=8))
     health = c.get("/health").json()
     assert health["status"] == "ok" and {d["name"] for d in health["datasets"]} == {"a", "b"}
 
@@ -140,7 +140,7 @@ def test_items_files_distances_map_and_docs(client, root):
 
 def test_text_and_uploaded_image_search(client, root, monkeypatch):
     paths = picture_dataset(root)
-    monkeypatch.setattr("stylesearch.search.query_encoder", lambda p, spec, device="auto": FakeEncoder(48))
+    monkeypatch.setattr("stylesearch.query.search.query_encoder", lambda p, spec, device="auto": FakeEncoder(48))
     c = client()
     text = search(c, "pics", terms=["red dress", "-blue"], k=3)
     assert len(text) == 3
@@ -223,7 +223,7 @@ def test_reloads_new_embeddings_index_and_metric_without_restart(client, root):
     with open_catalog(paths) as cat, cat.transaction():  # new items with vectors, as `embed` adds them
         for n in range(3):
             cat.upsert_item(f"new-{n}.jpg", content_hash=f"new{n:061d}", status="ok")
-        cat.put_vectors("m", [f"new{n:061d}" for n in range(3)], np.tile(vectors[0], (3, 1)), "float32")
+        cat.vectors.put("m", [f"new{n:061d}" for n in range(3)], np.tile(vectors[0], (3, 1)), "float32")
     after = search(c, "a", likes=["1"], k=3)
     assert {r["path"] for r in after} == {"new-0.jpg", "new-1.jpg", "new-2.jpg"} and len(before) == 39
     build_index(paths, "m", "flat")
@@ -238,7 +238,7 @@ def test_reloads_new_embeddings_index_and_metric_without_restart(client, root):
 
 
 def test_triplets_validate_and_concurrent_posts_keep_the_log_whole(client, root):
-    from stylesearch.judgments import read_log
+    from stylesearch.learn.judgments import read_log
 
     paths = picture_dataset(root, count=12)
     c = client()
@@ -268,7 +268,7 @@ def test_triplets_validate_and_concurrent_posts_keep_the_log_whole(client, root)
 
 
 def test_labelling_session_judge_and_undo(client, root):
-    from stylesearch.judgments import read_log
+    from stylesearch.learn.judgments import read_log
 
     paths = picture_dataset(root, count=12)
     c = client()
@@ -288,7 +288,7 @@ def test_labelling_session_judge_and_undo(client, root):
 def test_cross_site_and_non_json_posts_are_refused(client, root):
     """What any web page can send to a token-less loopback server without CORS (text/plain or form
     bodies, or any request carrying a foreign Origin) is refused; the page and the CLI still work."""
-    from stylesearch.judgments import read_log
+    from stylesearch.learn.judgments import read_log
 
     paths, _ = feed_dataset(root, "a", n=20)
     c = client()
@@ -376,7 +376,7 @@ class ImageHost:
 
 def test_query_image_urls_public_only_one_try_off_the_engine_thread(client, root, monkeypatch):
     paths = picture_dataset(root, count=12)
-    monkeypatch.setattr("stylesearch.search.query_encoder", lambda p, spec, device="auto": FakeEncoder(48))
+    monkeypatch.setattr("stylesearch.query.search.query_encoder", lambda p, spec, device="auto": FakeEncoder(48))
     image_path = next(paths.images.rglob("dots-*.jpg"))
     host = ImageHost(image_path.read_bytes())
     c = client(fetch_timeout=0.5)
@@ -388,7 +388,7 @@ def test_query_image_urls_public_only_one_try_off_the_engine_thread(client, root
             assert r.status_code == 400 and "only from public addresses" in r.json()["error"], (target, r.text)
         assert host.hits == []
         # from here on 127.0.0.1 stands in for a public host (::1 stays refused)
-        monkeypatch.setattr("stylesearch.fetch.address_refused", lambda address: address == "::1")
+        monkeypatch.setattr("stylesearch.ingest.fetch.address_refused", lambda address: address == "::1")
         started = time.monotonic()
         r = c.post(url, json={"images": [host.url("/busy")]})  # one try, no Retry-After sleep, no remote detail
         assert r.status_code == 400 and r.json()["error"] == f"Could not fetch query image {host.url('/busy')}."
@@ -418,10 +418,10 @@ def test_query_image_urls_public_only_one_try_off_the_engine_thread(client, root
 def test_images_inside_tar_shards_are_served(client, root):
     import tarfile
 
-    from stylesearch.dataset import create_dataset
-    from stylesearch.scan import scan
-    from stylesearch.storage import dataset_paths, thumbnail_for
-    from stylesearch.transform import TransformOptions, transform_dataset
+    from stylesearch.store.datasets import create_dataset
+    from stylesearch.ingest.scan import scan
+    from stylesearch.store.paths import dataset_paths, thumbnail_for
+    from stylesearch.ingest.transform import TransformOptions, transform_dataset
 
     from .test_shards import write_shard
 
@@ -452,8 +452,8 @@ def test_effort_is_set_per_query_and_query_encoders_are_shared(client, root, mon
 
     import faiss
 
-    import stylesearch.search as search_module
-    from stylesearch.index import HNSW_EF_SEARCH, LoadedIndex
+    import stylesearch.query.search as search_module
+    from stylesearch.index.load import HNSW_EF_SEARCH, LoadedIndex
 
     a, _ = feed_dataset(root, "a", n=60, seed=1)
     feed_dataset(root, "b", n=60, seed=2)
@@ -467,7 +467,7 @@ def test_effort_is_set_per_query_and_query_encoders_are_shared(client, root, mon
         seen.append(faiss.downcast_index(self.index.index).hnsw.efSearch)
         return index_search(self, queries, k)
     monkeypatch.setattr(LoadedIndex, "search", spy)
-    monkeypatch.setattr("stylesearch.search.query_encoder",
+    monkeypatch.setattr("stylesearch.query.search.query_encoder",
                         lambda p, spec, device="auto": encoders.append(p.name) or FakeEncoder(16))
     c = client()
     default = search(c, "a", likes=["1"], k=5)
@@ -504,7 +504,7 @@ def live_server(root):
                                  *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
-        from stylesearch.client import ServerClient
+        from stylesearch.query.remote import ServerClient
 
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -579,7 +579,7 @@ def threaded_server(root, monkeypatch):
     """A uvicorn server in a thread of this process, with the fake text encoder (as local searches here)."""
     import uvicorn
 
-    monkeypatch.setattr("stylesearch.search.query_encoder", lambda p, spec, device="auto": FakeEncoder(48))
+    monkeypatch.setattr("stylesearch.query.search.query_encoder", lambda p, spec, device="auto": FakeEncoder(48))
     running = []
 
     def start() -> str:

@@ -59,7 +59,7 @@ def shot(page, tmp_path: Path, name: str) -> None:
 
 @pytest.mark.slow  # starts chromium
 def test_page_search_map_and_labelling(browser, served, tmp_path):
-    from stylesearch.judgments import read_log
+    from stylesearch.learn.judgments import read_log
 
     url, paths = served
     page = browser.new_page(viewport={"width": 1280, "height": 860})

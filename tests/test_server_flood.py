@@ -18,9 +18,9 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from stylesearch.dataset import create_dataset  # noqa: E402
+from stylesearch.store.datasets import create_dataset  # noqa: E402
 from stylesearch.server.config import FD_RESERVE, connection_limits  # noqa: E402
-from stylesearch.storage import dataset_paths  # noqa: E402
+from stylesearch.store.paths import dataset_paths  # noqa: E402
 
 TOKEN = "s3cret"
 FD_LIMIT = 1024  # the server's RLIMIT_NOFILE, soft and hard: the flood is larger

@@ -7,13 +7,13 @@ import json
 import tarfile
 
 
-from stylesearch.catalog import open_catalog
-from stylesearch.dataset import create_dataset
-from stylesearch.images import load_rgb
-from stylesearch.samples import render
-from stylesearch.scan import scan
-from stylesearch.storage import dataset_paths
-from stylesearch.transform import TransformOptions, transform_dataset
+from stylesearch.store.catalog import open_catalog
+from stylesearch.store.datasets import create_dataset
+from stylesearch.store.images import load_rgb
+from stylesearch.ingest.samples import render
+from stylesearch.ingest.scan import scan
+from stylesearch.store.paths import dataset_paths
+from stylesearch.ingest.transform import TransformOptions, transform_dataset
 
 
 def jpeg(seed: int) -> bytes:
@@ -82,7 +82,7 @@ def test_truncated_shard_keeps_what_was_catalogued(tmp_path):
 
 
 def test_member_paths_split_after_the_first_tar(tmp_path):
-    from stylesearch.shards import split_member_path
+    from stylesearch.store.shards import split_member_path
 
     assert split_member_path("batch#2/00000.tar#000.png") == ("batch#2/00000.tar", "000.png")
     assert split_member_path("a.TAR#x#y.jpg") == ("a.TAR", "x#y.jpg")
@@ -97,7 +97,7 @@ def test_member_paths_split_after_the_first_tar(tmp_path):
 
 
 def test_catalog_paths_have_no_dot_dot(tmp_path):
-    from stylesearch.scan import relative_name
+    from stylesearch.ingest.scan import relative_name
 
     images = tmp_path / "images"
     assert relative_name(images, images / "a" / ".." / "b.jpg") == "b.jpg"

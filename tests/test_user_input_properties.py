@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stylesearch.errors import StyleSearchError
-from stylesearch.judgments import CHOICES, parse_log_lines
-from stylesearch.search import parse_terms
+from stylesearch.learn.judgments import CHOICES, parse_log_lines
+from stylesearch.query.search import parse_terms
 
 TERM_PARTS = st.tuples(st.sampled_from(["", "+", "-", " -", "--"]),
                        st.sampled_from(["", "0.5*", "2*", ".3*", "1e3*", "-1*", "*"]),
@@ -71,7 +71,7 @@ def test_judgment_lines_with_huge_numbers_or_deep_nesting_are_counted_as_malform
                                          st.sampled_from(["=", "<", "<=", "!=", " in ", " not in ", " exists", "<<"]),
                                          st.text(max_size=15)))
 def test_filter_expressions_parse_or_raise_a_user_error(expr):
-    from stylesearch.filters import parse_clause, to_sql
+    from stylesearch.query.filters import parse_clause, to_sql
 
     try:
         clause = parse_clause(expr)
@@ -88,9 +88,9 @@ def test_filter_expressions_parse_or_raise_a_user_error(expr):
                                 max_size=5), max_size=5),
        st.lists(st.text(max_size=30), max_size=4))
 def test_metadata_files_store_or_raise_a_user_error(tmp_path_factory, records, csv_lines):
-    from stylesearch.catalog import open_catalog
-    from stylesearch.metadata import attach_metadata, read_metadata_rows
-    from stylesearch.storage import dataset_paths
+    from stylesearch.store.catalog import open_catalog
+    from stylesearch.ingest.metadata import attach_metadata, read_metadata_rows
+    from stylesearch.store.paths import dataset_paths
 
     paths = dataset_paths("props", tmp_path_factory.mktemp("meta"))
     with open_catalog(paths, create=True) as cat:

@@ -19,8 +19,8 @@ def atlas(
     as_json: bool = typer.Option(False, "--json", help="Print the manifest summary as JSON on stdout."),
 ) -> None:
     """Render sprite atlas PNG page(s) and a JSON manifest."""
-    from ..atlas import AtlasOptions, build_atlas
-    from ..storage import existing_dataset
+    from ..maps.atlas import AtlasOptions, build_atlas
+    from ..store.paths import existing_dataset
 
     paths = existing_dataset(dataset, STATE.root)
     manifest = build_atlas(paths, AtlasOptions(tile, padding, max_size, order.value), make_progress())

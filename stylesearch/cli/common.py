@@ -44,8 +44,8 @@ def pretrained_option():
 
 
 def choose_model(paths, model: Optional[str], pretrained: Optional[str], embedded_only: bool = True):
-    """The library's model choice (stylesearch.model_choice) for the --model/--pretrained options."""
-    from ..model_choice import resolve_spec
+    """The library's model choice (stylesearch.embed.choice) for the --model/--pretrained options."""
+    from ..embed.choice import resolve_spec
 
     return resolve_spec(paths, model, pretrained, embedded_only=embedded_only)
 

@@ -11,7 +11,7 @@ def datasets(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List datasets with their item counts."""
-    from ..dataset import list_datasets
+    from ..store.datasets import list_datasets
 
     rows = list_datasets(STATE.root)
     for row in rows:
@@ -30,7 +30,7 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show a dataset's paths, item counts, models, index, labels and learned weights."""
-    from ..dataset import describe
+    from ..store.datasets import describe
 
     data = describe(dataset, STATE.root)
     if as_json:

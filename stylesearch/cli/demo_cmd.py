@@ -15,7 +15,7 @@ def demo(
 ) -> None:
     """Generate sample images and run transform, atlas, embed, index, search and umap-export on them."""
     from ..pipeline import run_demo
-    from ..storage import dataset_paths
+    from ..store.paths import dataset_paths
 
     paths = dataset_paths(dataset, STATE.root)
     report = run_demo(paths, count, progress=make_progress(), map_png=not no_map)

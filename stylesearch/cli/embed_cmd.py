@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from ..choices import EMBED_BACKENDS, EMBED_ENGINES, INDEX_KINDS, PRECISIONS
-from .common import (STATE, choice_enum, choose_model, log, make_progress, model_option, pretrained_option,
-                     summary, warn_list)
+from .common import (STATE, choice_enum, choose_model, log, make_progress, model_option, pretrained_option, summary,
+                     warn_list)
 
 Kind = choice_enum("Kind", INDEX_KINDS)
 Precision = choice_enum("Precision", PRECISIONS)
@@ -39,7 +39,7 @@ def embed(
     no_onnx_export: bool = typer.Option(False, "--no-onnx-export", envvar="STYLESEARCH_NO_ONNX_EXPORT",
                                         help="Do not export the text tower to ONNX after embedding."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes (default: one per core)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decode processes (default: half the cores, 1-8)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     precision: Precision = typer.Option("auto", "--precision", help="Autocast on GPU (auto=bf16/fp16)."),
     float16: bool = typer.Option(False, "--float16", help="Store vectors as float16 (half the space)."),
@@ -47,8 +47,8 @@ def embed(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Embed new and changed images (cached: unchanged files are never embedded twice)."""
-    from ..embed import EmbedOptions, embed_dataset
-    from ..storage import dataset_paths, existing_dataset
+    from ..embed.run import EmbedOptions, embed_dataset
+    from ..store.paths import dataset_paths, existing_dataset
 
     if source not in (None, "-"):
         raise typer.BadParameter("SOURCE must be '-' (paths on stdin) or left out.")
@@ -78,11 +78,11 @@ def index(
     as_json: bool = typer.Option(False, "--json", help="Print the index metadata as JSON on stdout."),
 ) -> None:
     """Build or update the FAISS index (atomic: searches keep using the old one until it is swapped in)."""
-    from ..index_build import build_index
-    from ..index import check_recall as recall
-    from ..storage import existing_dataset
+    from ..index.build import build_index
+    from ..index.load import check_recall as recall
+    from ..store.paths import existing_dataset
 
-    from ..index_plan import parse_bytes
+    from ..index.plan import parse_bytes
 
     paths = existing_dataset(dataset, STATE.root)
     key = choose_model(paths, model, pretrained).key
@@ -103,9 +103,9 @@ def reindex(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Embed + index for cron: quiet, non-interactive, lock-protected (exit 75 if another run holds the lock)."""
-    from ..embed import EmbedOptions
+    from ..embed.run import EmbedOptions
     from ..pipeline import reindex as run_reindex
-    from ..storage import existing_dataset
+    from ..store.paths import existing_dataset
 
     paths = existing_dataset(dataset, STATE.root)
     _mend(paths, wait)

@@ -30,10 +30,10 @@ def download(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Download images from a URL list or a sample source (resumable, validated, deduplicated)."""
-    from ..download import DownloadOptions
-    from ..download import download as run_download
-    from ..sources import read_source, sample_entries
-    from ..storage import dataset_paths
+    from ..ingest.download import DownloadOptions
+    from ..ingest.download import download as run_download
+    from ..ingest.sources import read_source, sample_entries
+    from ..store.paths import dataset_paths
 
     if (source is None) == (sample is None):
         raise typer.BadParameter("Give either SOURCE (a file or '-') or --sample NAME.")
@@ -61,8 +61,8 @@ def transform(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Make thumbnails (EXIF-aware, folder tree kept, incremental, parallel)."""
-    from ..storage import existing_dataset
-    from ..transform import TransformOptions, transform_dataset
+    from ..store.paths import existing_dataset
+    from ..ingest.transform import TransformOptions, transform_dataset
 
     paths = existing_dataset(dataset, STATE.root)
     result = transform_dataset(paths, TransformOptions(max_side, fmt.value, quality, workers, force), make_progress())

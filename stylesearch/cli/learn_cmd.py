@@ -27,9 +27,9 @@ def label(
     pretrained: Optional[str] = pretrained_option(),
 ) -> None:
     """Judge triplets in the terminal (A/← B/→ S D Space U Q); judgments go to triplets.jsonl."""
-    from ..labelling import LabelSession
-    from ..metric_fit import FitOptions
-    from ..storage import existing_dataset
+    from ..learn.labelling import LabelSession
+    from ..learn.fit import FitOptions
+    from ..store.paths import existing_dataset
 
     paths = existing_dataset(dataset, STATE.root)
     spec = choose_model(paths, model, pretrained)
@@ -58,9 +58,9 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print the training report as JSON on stdout."),
 ) -> None:
     """Learn a metric from your judgments (diagonal, low-rank or auto); reports held-out agreement."""
-    from ..metric_train import TrainOptions
+    from ..learn.train import TrainOptions
     from ..pipeline import train_and_reindex
-    from ..storage import existing_dataset
+    from ..store.paths import existing_dataset
 
     paths = existing_dataset(dataset, STATE.root)
     key = choose_model(paths, model, pretrained).key

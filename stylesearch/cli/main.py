@@ -14,9 +14,9 @@ import typer
 from typer.core import TyperGroup
 
 from ..errors import DiskFull, StyleSearchError
-from ..storage import is_disk_full
-from . import (atlas_cmd, datasets_cmd, demo_cmd, embed_cmd, ingest_cmd, learn_cmd, meta_cmd, projection_cmd,
-               onnx_cmd, search_cmd, serve_cmd)
+from ..store.files import is_disk_full
+from . import (atlas_cmd, datasets_cmd, demo_cmd, embed_cmd, ingest_cmd, learn_cmd, meta_cmd, projection_cmd, onnx_cmd,
+               search_cmd, serve_cmd)
 from .common import STATE
 from .errors import render_error
 
@@ -55,7 +55,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from .. import __version__
+        from ..version import __version__
 
         print(f"stylesearch {__version__}")
         raise typer.Exit()

@@ -18,8 +18,8 @@ def meta(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Attach or update item metadata (for folders that were not downloaded from a catalogue)."""
-    from ..metadata import attach_metadata, read_metadata_rows
-    from ..storage import existing_dataset
+    from ..ingest.metadata import attach_metadata, read_metadata_rows
+    from ..store.paths import existing_dataset
 
     paths = existing_dataset(dataset, STATE.root)
     text = _read_stdin() if source == "-" else None
@@ -47,8 +47,8 @@ def tag(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Label items per attribute zero-shot from text prompts; stores NAME and NAME_prob as metadata."""
-    from ..storage import existing_dataset
-    from ..tags import parse_attribute, tag_dataset
+    from ..store.paths import existing_dataset
+    from ..maps.tags import parse_attribute, tag_dataset
 
     paths = existing_dataset(dataset, STATE.root)
     attributes = dict(parse_attribute(a) for a in attribute)

@@ -25,9 +25,9 @@ def export_onnx(
     `embed` exports the text tower by itself the first time it loads a model; searches fall
     back to torch whenever the export is missing or stale.
     """
-    from ..onnx_export import export_onnx as run_export
-    from ..onnx_export import export_status
-    from ..storage import existing_dataset
+    from ..embed.export import export_onnx as run_export
+    from ..embed.export import export_status
+    from ..store.paths import existing_dataset
 
     paths = existing_dataset(dataset, STATE.root)
     spec = choose_model(paths, model, pretrained)

@@ -29,8 +29,8 @@ def umap_export(
     pretrained: Optional[str] = pretrained_option(),
 ) -> None:
     """2D UMAP coordinates of every embedded item (csv/json/parquet) and an optional thumbnail map PNG."""
-    from ..projection import UmapOptions, format_coords, project_dataset, render_map, write_coords
-    from ..storage import existing_dataset
+    from ..maps.projection import UmapOptions, format_coords, project_dataset, render_map, write_coords
+    from ..store.paths import existing_dataset
 
     paths = existing_dataset(dataset, STATE.root)
     key = choose_model(paths, model, pretrained).key

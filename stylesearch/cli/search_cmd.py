@@ -84,29 +84,22 @@ def search(
     many = bool(datasets or all_datasets)
     if not many and dataset is None:
         raise typer.BadParameter("Name a dataset, or use --dataset/--all.")
+    words = [dataset, *(terms or [])] if many and dataset is not None else list(terms or [])
     if server:
-        from ..client import remote_search
+        from ..query.remote import remote_search
 
-        words = [dataset, *(terms or [])] if many and dataset is not None else list(terms or [])
         options = {"k": k, "min_score": min_score, "raw": raw, "effort": effort, "where": where or [],
                    "group": group, "model": model, "pretrained": pretrained}
         rows, title, parsed = remote_search(server, None if many else dataset, words, image or [], like or [],
                                             options, list(dict.fromkeys(datasets or [])), all_datasets)
         return _emit(rows, many, fmt, title, parsed)
-    from ..filters import parse_filters
-    from ..search import parse_terms
+    from ..query.search import SearchRequest
 
-    clauses = parse_filters(where or [])
-    if many:
-        words = [dataset, *(terms or [])] if dataset is not None else list(terms or [])
-        parsed = parse_terms(words, image or [], like or [])
-        rows, title = _search_many(datasets, all_datasets, parsed, k, model, pretrained, min_score, raw, device,
-                                   effort, clauses, group)
-    else:
-        parsed = parse_terms(terms or [], image or [], like or [])
-        rows, title = _search_one(dataset, parsed, k, model, pretrained, min_score, raw, device, effort, clauses,
-                                  group)
-    _emit(rows, many, fmt, title, parsed)
+    request = SearchRequest.parse(words, image or [], like or [], where or [], k=k, min_score=min_score, raw=raw,
+                                  group=group, effort=effort, model=model, pretrained=pretrained, device=device)
+    rows, title = (_search_many(datasets or [], all_datasets, request) if many
+                   else _search_one(dataset, request))
+    _emit(rows, many, fmt, title, request.terms)
 
 
 def _emit(rows: list[dict], many: bool, fmt, title: str, parsed) -> None:
@@ -116,38 +109,35 @@ def _emit(rows: list[dict], many: bool, fmt, title: str, parsed) -> None:
     emit_rows(shown, columns + meta_columns(rows), fmt, title=f"{title}: {describe_terms(parsed)}", path_key="file")
 
 
-def _search_one(dataset, parsed, k, model, pretrained, min_score, raw, device, effort, clauses, group):
-    from ..search import search as run_search
-    from ..storage import existing_dataset
+def _search_one(dataset: str, request) -> tuple[list[dict], str]:
+    from ..query.search import search as run_search
+    from ..store.paths import existing_dataset
 
     paths = existing_dataset(dataset, STATE.root)
-    spec = choose_model(paths, model, pretrained)
-    return run_search(paths, parsed, k, spec, min_score, raw, device, effort, clauses, group), dataset
+    spec = choose_model(paths, request.model, request.pretrained)
+    return run_search(paths, request, spec), dataset
 
 
-def _search_many(names, all_datasets, parsed, k, model, pretrained, min_score, raw, device, effort, clauses, group):
-    from ..search import search_datasets
-    from ..storage import existing_dataset, list_dataset_names
+def _search_many(names: list[str], all_datasets: bool, request) -> tuple[list[dict], str]:
+    from ..query.search import datasets_covered, search_datasets
+    from ..store.paths import existing_dataset, list_dataset_names
 
-    chosen = list_dataset_names(STATE.root) if all_datasets else list(dict.fromkeys(names))
-    if all_datasets and not chosen:
-        raise typer.BadParameter("There are no datasets to search.")
-    paths = [existing_dataset(name, STATE.root) for name in chosen]
-    rows = search_datasets(paths, parsed, k, model, pretrained, min_score, raw, device, effort, clauses, group)
+    chosen = datasets_covered(names, all_datasets, list_dataset_names(STATE.root))
+    rows = search_datasets([existing_dataset(name, STATE.root) for name in chosen], request)
     return rows, ", ".join(chosen)
 
 
 def meta_columns(rows: list[dict]) -> list[str]:
     """Metadata fields present in the rows, as extra columns (sorted; `meta.id` for a field named
     like a result field, see filters.meta_column)."""
-    from ..filters import meta_column
+    from ..query.filters import meta_column
 
     return sorted({meta_column(key) for row in rows for key in row.get("meta", {})})
 
 
 def flatten_meta(rows: list[dict]) -> list[dict]:
     """Rows with metadata fields beside the standard columns, for table and tsv; json keeps `meta` nested."""
-    from ..filters import flat_meta
+    from ..query.filters import flat_meta
 
     return [{**flat_meta(row.get("meta", {})), **row} for row in rows]
 

@@ -25,7 +25,7 @@ def serve(
 ) -> None:
     """Serve the HTTP API (docs at /docs) and a page for search, map and labelling (at /)."""
     from ..server.config import ServerConfig, check_bind, set_thread_env, token_from_env
-    from ..storage import existing_dataset
+    from ..store.paths import existing_dataset
 
     token = token_from_env(token)
     check_bind(host, token)

@@ -156,7 +156,7 @@ def create_app(config: ServerConfig = ServerConfig(), state: ServerState | None 
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException
 
-    from .. import __version__
+    from ..version import __version__
     from . import labels, routes
 
     bundle = _swagger_bundle()

@@ -45,7 +45,7 @@ def _session_id(value: str | None) -> str:
 
 def label_session(server: ServerState, name: str, session: str, strategy: str = "random"):
     """The warm LabelSession of a page (a fresh one, same id, when the catalog or metric changed)."""
-    from ..labelling import LabelSession
+    from ..learn.labelling import LabelSession
 
     state = server.dataset(name)
     key = (name, session)
@@ -63,7 +63,7 @@ def label_session(server: ServerState, name: str, session: str, strategy: str = 
 
 def view(server: ServerState, name: str, session_id: str, session) -> dict:
     """The session's current triplet (items with ids and option scores) and its counts."""
-    from ..labelling import option_scores
+    from ..learn.labelling import option_scores
 
     reader = server.dataset(name).reader()
     triplet = None
@@ -78,8 +78,7 @@ def view(server: ServerState, name: str, session_id: str, session) -> dict:
 
 def judge(server: ServerState, body: TripletBody) -> dict:
     """Record one judgment; the page's session moves to its next triplet."""
-    from ..judgments import new_judgment, valid_judgment
-    from ..storage import append_jsonl
+    from ..learn.judgments import record_judgment
 
     state = server.dataset(body.dataset)
     reader = state.reader()
@@ -91,11 +90,8 @@ def judge(server: ServerState, body: TripletBody) -> dict:
         if session is not None and session.current == (anchor, left, right):
             record = session.judge(body.choice)
         else:
-            record = new_judgment(body.dataset, anchor, left, right, body.choice,
-                                  state.spec(body.model).key, body.session or "api")
-            if not valid_judgment(record):
-                raise UserError("Not a valid judgment.", "A judgment names a known choice and three distinct items.")
-            append_jsonl(state.paths.triplets, record)
+            record = record_judgment(state.paths, reader, anchor, left, right, body.choice,
+                                     state.spec(body.model).key, body.session or "api")
     if session is not None and session.retrain_due():  # active learning as in the terminal labeller
         session.retrain()
     following = view(server, body.dataset, body.session, session) if session is not None else None
@@ -104,7 +100,7 @@ def judge(server: ServerState, body: TripletBody) -> dict:
 
 def undo(server: ServerState, body: UndoBody) -> dict:
     """Withdraw the session's last judgment; its triplet is shown again."""
-    from ..judgments import JudgmentLog
+    from ..learn.judgments import JudgmentLog
 
     session_id = _session_id(body.session)
     state = server.dataset(body.dataset)
@@ -117,7 +113,7 @@ def undo(server: ServerState, body: UndoBody) -> dict:
 
 
 def judgments(server: ServerState, name: str, limit: int) -> dict:
-    from ..judgments import CHOICES, read_log
+    from ..learn.judgments import CHOICES, read_log
 
     contents = read_log(server.dataset(name).paths.triplets)
     counts = {c: 0 for c in CHOICES}

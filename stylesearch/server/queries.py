@@ -9,7 +9,6 @@ URLs; the library then reads them as local files, like uploads.
 from __future__ import annotations
 
 import mimetypes
-import re
 import tarfile
 import tempfile
 import time
@@ -19,12 +18,13 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from ..errors import ItemNotFound, NotReady, UserError
-from ..storage import read_json_or_none, served_file
+from ..ingest.urls import is_http_url
+from ..store.files import read_json_or_none
+from ..store.paths import served_file
 from .config import ServerConfig
 from .errors import TooLarge
 from .state import DatasetState, ServerState, effort, file_stamp
 
-_URL = re.compile(r"^https?://")
 
 
 class SearchBody(BaseModel):
@@ -79,7 +79,7 @@ class Uploads:
         self.files: dict[str, Path] = {}
 
     def add(self, name: str, data: bytes) -> None:
-        from ..images import BadImage, image_size
+        from ..store.images import BadImage, image_size
 
         path = Path(self.folder.name) / f"upload-{len(self.files)}"
         path.write_bytes(data)
@@ -93,13 +93,13 @@ class Uploads:
 
     def to_fetch(self, terms) -> list:
         """The image terms given as URLs that are not uploads of that name."""
-        return [t for t in terms if t.kind == "image" and _URL.match(t.value) and t.value not in self.files]
+        return [t for t in terms if t.kind == "image" and is_http_url(t.value) and t.value not in self.files]
 
     def fetch(self, terms) -> None:
         """Fetch the query images given as URLs (blocking: call it in a worker thread, not on the engine
         thread): public addresses only, one attempt each, `fetch_timeout` seconds for all of them.
         Errors say neither the remote status nor the reason, only that the image could not be had."""
-        from ..fetch import AddressRefused, FetchError, FetchOptions, fetch_with_retries
+        from ..ingest.fetch import AddressRefused, FetchError, FetchOptions, fetch_with_retries
 
         deadline = time.monotonic() + self.fetch_timeout
         for term in self.to_fetch(terms):
@@ -125,7 +125,7 @@ class Uploads:
         for term in terms:
             if term.kind == "image":
                 if term.value not in self.files:
-                    if _URL.match(term.value):
+                    if is_http_url(term.value):
                         raise UserError(f"Query image {term.value} was not fetched.")
                     raise UserError(f"Query image {term.value} was not uploaded.",
                                     "Send it as a multipart part named 'image' whose file name is the term's value.")
@@ -137,55 +137,62 @@ class Uploads:
         self.folder.cleanup()
 
 
+def request_of(body: SearchBody, terms):
+    """The library's request for a search body whose terms are parsed (and their images resolved)."""
+    from ..query.filters import parse_filters
+    from ..query.search import SearchRequest
+
+    return SearchRequest(terms, k=body.k, min_score=body.min_score, raw=body.raw, filters=parse_filters(body.where),
+                         group=body.group, effort=body.effort, model=body.model, pretrained=body.pretrained)
+
+
 def search_one(state: DatasetState, body: SearchBody, terms) -> list[dict]:
     """Rows of the library's search, exactly as `stylesearch search DATASET` computes them."""
-    from ..filters import parse_filters
-
-    clauses = parse_filters(body.where)
-    searcher = state.searcher(body.model, body.pretrained, body.raw)
+    request = request_of(body, terms)
+    searcher = state.searcher(request.model, request.pretrained, request.raw)
     try:
-        with effort([searcher], body.effort):
-            return searcher.search(terms, body.k, body.min_score, filters=clauses, group=body.group)
+        with effort([searcher], request.effort):
+            return searcher.run(request)
     finally:
         state.keep_encoder(searcher)
 
 
 def chosen_names(server: ServerState, body: ManyBody) -> list[str]:
-    names = server.served_names() if body.all else list(dict.fromkeys(body.datasets))
-    if not names:
-        raise UserError("There are no datasets to search." if body.all else "Name the datasets to search.")
-    return names
+    """The served datasets a search over several covers (query.search.datasets_covered)."""
+    from ..query.search import datasets_covered
+
+    return datasets_covered(body.datasets, body.all, server.served_names())
 
 
 def search_many(server: ServerState, body: ManyBody, terms) -> list[dict]:
     """Rows of `stylesearch search -d A -d B` / `--all`, from the warm searchers (search.search_searchers)."""
-    from ..filters import parse_filters
-    from ..search import check_same_model, search_searchers
+    from ..query.search import check_same_model, search_searchers
 
-    clauses = parse_filters(body.where)
+    request = request_of(body, terms)
     states = [server.dataset(name) for name in chosen_names(server, body)]
-    check_same_model([s.paths for s in states], [s.spec(body.model, body.pretrained) for s in states])
-    searchers = [s.searcher(body.model, body.pretrained, body.raw) for s in states]
+    check_same_model([s.paths for s in states], [s.spec(request.model, request.pretrained) for s in states])
+    searchers = [s.searcher(request.model, request.pretrained, request.raw) for s in states]
     try:
-        with effort(searchers, body.effort):
-            return search_searchers(searchers, terms, body.k, body.min_score, clauses, body.group)
+        with effort(searchers, request.effort):
+            return search_searchers(searchers, request)
     finally:
         states[0].keep_encoder(searchers[0])
 
 
 def distances(state: DatasetState, ref: str, raw: bool, limit: int | None) -> dict:
-    """Distance from one item to every embedded item under the learned metric (d^2 = 2 - 2 score)."""
+    """Distance from one item to every embedded item under the learned metric (learn.metric.distance_of_score)."""
     import numpy as np
 
-    from ..search import Term
+    from ..learn.metric import distance_of_score
+    from ..query.search import Term
 
     searcher = state.searcher(raw=raw)
     item = searcher.catalog.item(ref)
     query = searcher.query_vector([Term(1.0, "like", str(item.id))])
     key = searcher.model_key
     ids, vectors = state.cached_value(f"vectors:{key}", state.catalog_stamp(),
-                                      lambda: searcher.catalog.load_vectors(key))
-    dist = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * searcher.metric.scores(query, vectors)))
+                                      lambda: searcher.catalog.vectors.load(key))
+    dist = distance_of_score(searcher.metric.scores(query, vectors))
     order = np.argsort(dist, kind="stable")[:limit]
     metric = searcher.metric
     return {"item": {"id": item.id, "path": item.path}, "model_key": key, "count": len(ids),
@@ -204,14 +211,11 @@ def _live_items(state: DatasetState) -> list:
 
 def list_items(state: DatasetState, offset: int, limit: int, where: list[str]) -> dict:
     """A page of live items (by id) with their metadata, optionally filtered."""
-    from ..filters import check_fields, parse_filters, to_sql
+    from ..query.filters import matching_ids, parse_filters
 
     items = _live_items(state)
     if where:
-        clauses = parse_filters(where)
-        catalog = state.reader()
-        check_fields(clauses, set(catalog.metadata_fields()))
-        allowed = catalog.live_ids_where(*to_sql(clauses))
+        allowed = matching_ids(state.reader(), parse_filters(where))
         items = [it for it in items if it.id in allowed]
     page = items[offset:offset + limit]
     meta = state.reader().metadata([it.id for it in page])
@@ -275,7 +279,7 @@ def atlas_tiles(manifest: dict) -> dict[int, list]:
 
 def map_points(state: DatasetState, model: str | None, pretrained: str | None) -> dict:
     """The saved UMAP coordinates of the live items, with their atlas sprites when there is an atlas."""
-    from ..projection import load_projection
+    from ..maps.projection import load_projection
 
     paths, key = state.paths, state.spec(model, pretrained).key
     stamp = (file_stamp(paths.projection_file(key)), file_stamp(paths.atlas_manifest), state.catalog_stamp())

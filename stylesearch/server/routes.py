@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
-from .. import __version__
+from ..version import __version__
 from ..errors import UserError
 from . import queries
 from .queries import ManyBody, SearchBody, Uploads
@@ -67,7 +67,7 @@ def _health_of(server: ServerState, name: str) -> dict:
 @router.get("/api/datasets", tags=["datasets"])
 async def datasets(request: Request) -> list:
     """Served datasets with item counts and models (an unreadable one has `error` set)."""
-    from ..dataset import list_datasets
+    from ..store.datasets import list_datasets
 
     server = server_of(request)
     names = set(server.served_names())
@@ -78,7 +78,7 @@ async def datasets(request: Request) -> list:
 @router.get("/api/datasets/{name}", tags=["datasets"])
 async def dataset_info(request: Request, name: str = NAME) -> dict:
     """Everything `stylesearch info --json` shows."""
-    from ..dataset import describe
+    from ..store.datasets import describe
 
     server = server_of(request)
     return await server.run(lambda: describe(server.dataset(name).paths.name, server.config.root))
@@ -157,7 +157,7 @@ def _first_problem(exc: ValidationError) -> str:
 
 
 async def _searched(server: ServerState, body, uploads: Uploads, run) -> tuple[list, list[dict]]:
-    from ..search import parse_terms
+    from ..query.search import parse_terms
 
     try:
         terms = parse_terms(body.terms, body.images, body.likes)

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import DatasetNotFound
-from ..storage import DatasetPaths, check_dataset_name, existing_dataset, list_dataset_names
+from ..store.paths import DatasetPaths, check_dataset_name, existing_dataset, list_dataset_names
 from .config import ServerConfig
 from .errors import Overloaded
 
@@ -60,7 +60,7 @@ class DatasetState:
 
     def reader(self):
         """A read-only catalog connection of this dataset (sees new commits; engine thread only)."""
-        from ..catalog import open_catalog
+        from ..store.catalog import open_catalog
 
         if self._reader is None:
             self._reader = open_catalog(self.paths, readonly=True)
@@ -77,7 +77,7 @@ class DatasetState:
 
     def spec(self, model: str | None = None, pretrained: str | None = None):
         """The library's model choice for this dataset, remembered until the catalog changes."""
-        from ..model_choice import resolve_spec
+        from ..embed.choice import resolve_spec
 
         stamp, key = self.catalog_stamp(), (model, pretrained)
         hit = self.specs.get(key)
@@ -89,7 +89,7 @@ class DatasetState:
     def searcher(self, model: str | None = None, pretrained: str | None = None, raw: bool = False):
         """A Searcher loaded from the current files (a new one when any of them changed), at the
         index's default effort (see `effort`)."""
-        from ..search import Searcher
+        from ..query.search import Searcher
 
         spec = self.spec(model, pretrained)
         key, stamp = (spec.key, raw), (self.catalog_stamp(), self.model_stamp(spec.key))
@@ -132,7 +132,7 @@ class DatasetState:
 
     def summary(self) -> dict:
         """What /health shows: the model and index of the warm searcher, from the sidecar."""
-        from ..index import index_meta
+        from ..index.load import index_meta
 
         out = {"name": self.paths.name, "loaded": bool(self.searchers), "reloads": self.reloads, "models": []}
         for (key, raw), (_, searcher) in list(self.searchers.items()):  # a snapshot: the engine may change it
@@ -149,7 +149,7 @@ def effort(searchers, value: int | None):
     """Search effort (HNSW efSearch, IVF nprobe) for one request: the searchers' loaded indexes are
     tuned to `value`, then set back to their defaults. Safe because requests run one at a time on
     the engine thread; a new value costs nothing (no index is reloaded)."""
-    from ..index import tune
+    from ..index.load import tune
 
     loaded = [s.index for s in searchers if s.index is not None] if value is not None else []
     try:

@@ -1,0 +1,1 @@
+"""Terminal frontend: the Textual triplet labeller (a thin layer over learn.labelling)."""

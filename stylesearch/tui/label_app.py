@@ -14,7 +14,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Header, Static
 
 from ..errors import StyleSearchError
-from ..labelling import LabelSession, option_scores
+from ..learn.labelling import LabelSession, option_scores
 
 
 class Pane(Vertical):
@@ -52,7 +52,7 @@ def letterbox(image_path, cells_wide: int, cells_high: int, background=(18, 18, 
     so every renderer shows it undistorted."""
     from PIL import Image
 
-    from ..images import BadImage, load_rgb
+    from ..store.images import BadImage, load_rgb
 
     try:
         img = load_rgb(image_path, draft=512)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from stylesearch.store.catalog import open_catalog
 from stylesearch.index.build import build_index
+from stylesearch.store.catalog import open_catalog
 
 
 def random_vector_dataset(paths, count: int, spec, dim: int = 512, seed: int = 0) -> np.ndarray:

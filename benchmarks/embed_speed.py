@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from stylesearch.embed.export import export_onnx
+from stylesearch.embed.models import ModelSpec, load_model
+from stylesearch.embed.run import EmbedOptions, embed_dataset
+from stylesearch.ingest.samples import write_samples
 from stylesearch.store.catalog import open_catalog
 from stylesearch.store.datasets import create_dataset
-from stylesearch.embed.run import EmbedOptions, embed_dataset
-from stylesearch.embed.models import ModelSpec, load_model
-from stylesearch.embed.export import export_onnx
-from stylesearch.ingest.samples import write_samples
 from stylesearch.store.paths import dataset_paths
 
 parser = argparse.ArgumentParser()

@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 
-from stylesearch.store.catalog import open_catalog
-from stylesearch.query.filters import parse_filters
 from stylesearch.index.build import build_index
+from stylesearch.query.filters import parse_filters
 from stylesearch.query.search import Searcher
+from stylesearch.store.catalog import open_catalog
 from stylesearch.store.paths import dataset_paths
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000

@@ -28,9 +28,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 from scipy.optimize import Bounds, minimize  # noqa: E402
 
+from stylesearch.learn.fit import FitOptions, agreement, fit_metric  # noqa: E402
 from stylesearch.learn.labelling import LabelLoop, simulate  # noqa: E402
 from stylesearch.learn.metric import IdentityMetric  # noqa: E402
-from stylesearch.learn.fit import FitOptions, agreement, fit_metric  # noqa: E402
 from stylesearch.learn.train import judgment_triplets  # noqa: E402
 
 DIM, ITEMS, CENTRES, RELEVANT = 512, 2000, 50, 64

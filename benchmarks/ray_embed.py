@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from stylesearch.store.catalog import open_catalog
-from stylesearch.store.datasets import create_dataset
-from stylesearch.embed.run import EmbedOptions, embed_dataset
 from stylesearch.embed.encoders.ray import RayEncoder, RayOptions
 from stylesearch.embed.models import ModelSpec
+from stylesearch.embed.run import EmbedOptions, embed_dataset
 from stylesearch.ingest.samples import write_samples
+from stylesearch.store.catalog import open_catalog
+from stylesearch.store.datasets import create_dataset
 from stylesearch.store.paths import dataset_paths
 
 

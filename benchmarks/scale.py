@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stylesearch.store.catalog import open_catalog
 from stylesearch.index.load import load_index
+from stylesearch.store.catalog import open_catalog
 from stylesearch.store.paths import dataset_paths
 
 DIM, CENTRES, QUERIES, K, CHUNK = 512, 10_000, 200, 10, 100_000

@@ -17,10 +17,10 @@ import sys
 import tempfile
 import time
 
-
 from bench_data import random_vector_dataset
-from stylesearch.embed.models import ModelSpec
+
 from stylesearch.embed.export import export_onnx
+from stylesearch.embed.models import ModelSpec
 from stylesearch.store.paths import dataset_paths
 
 count = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000

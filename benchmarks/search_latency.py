@@ -8,10 +8,10 @@ import time
 
 import numpy as np
 
-from stylesearch.store.catalog import open_catalog
-from stylesearch.index.load import LoadedIndex, recall_at_k, tune
 from stylesearch.index.build import build_index, new_index
+from stylesearch.index.load import LoadedIndex, recall_at_k, tune
 from stylesearch.index.plan import choose_plan
+from stylesearch.store.catalog import open_catalog
 from stylesearch.store.paths import dataset_paths
 
 sizes = [int(s) for s in (sys.argv[1] if len(sys.argv) > 1 else "100000,1000000").split(",")]

@@ -19,10 +19,10 @@ import sys
 import tempfile
 import time
 
-
-from stylesearch.query.remote import ServerClient
 from bench_data import random_vector_dataset
+
 from stylesearch.embed.models import ModelSpec
+from stylesearch.query.remote import ServerClient
 from stylesearch.store.paths import dataset_paths
 
 SERVE = ("import sys; from stylesearch.cli.main import app, main; from stylesearch.cli import serve_cmd\n"

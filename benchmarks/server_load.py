@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
-from stylesearch.store.catalog import open_catalog
 from stylesearch.index.build import build_index
+from stylesearch.store.catalog import open_catalog
 from stylesearch.store.paths import dataset_paths
 
 SERVE = ("import sys; from stylesearch.cli.main import app, main; from stylesearch.cli import serve_cmd\n"

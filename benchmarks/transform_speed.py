@@ -9,10 +9,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from stylesearch.store.datasets import create_dataset
 from stylesearch.ingest.samples import render
-from stylesearch.store.paths import dataset_paths
 from stylesearch.ingest.transform import TransformOptions, transform_dataset
+from stylesearch.store.datasets import create_dataset
+from stylesearch.store.paths import dataset_paths
 
 count = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
 tmp = Path(tempfile.mkdtemp())

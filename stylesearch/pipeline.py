@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-from .maps.atlas import AtlasOptions, build_atlas
-from .store.datasets import create_dataset
+from .embed.models import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    RANDOM,
+    ModelSpec,
+    weights_cached,
+)
 from .embed.run import EmbedOptions, embed_dataset
-from .index.load import index_meta
 from .index.build import build_index
-from .learn.train import TrainOptions, train_metric
-from .embed.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, RANDOM, ModelSpec, weights_cached
-from .progress import Progress
-from .maps.projection import UmapOptions, project_dataset, render_map
+from .index.load import index_meta
 from .ingest.samples import write_samples
-from .query.search import SearchRequest, Term, search
-from .store.paths import DatasetPaths
-from .store.files import writer_lock
 from .ingest.transform import TransformOptions, transform_dataset
+from .learn.train import TrainOptions, train_metric
+from .maps.atlas import AtlasOptions, build_atlas
+from .maps.projection import UmapOptions, project_dataset, render_map
+from .progress import Progress
+from .query.search import SearchRequest, Term, search
+from .store.datasets import create_dataset
+from .store.files import writer_lock
+from .store.paths import DatasetPaths
 
 DEMO_FALLBACK = ModelSpec("stylesearch-tiny", RANDOM)
 

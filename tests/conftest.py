@@ -169,3 +169,23 @@ def vector_catalog(root: Path, name: str, vectors: np.ndarray, key: str = "m"):
             cat.upsert_item(f"{i}.jpg", content_hash=content_hash, status="ok")
         cat.vectors.put(key, hashes, vectors, "float32")
     return paths
+
+
+def image_dataset_with_vectors(root: Path, name: str, count: int, dim: int = 16, seed: int = 0):
+    """Generated images scanned into a new dataset, each with a random unit vector of model 'm' (no model
+    loaded); returns the paths and {item id: vector}."""
+    from stylesearch.ingest.scan import scan
+    from stylesearch.store.catalog import open_catalog
+    from stylesearch.store.datasets import create_dataset
+
+    paths = dataset_paths(name, root)
+    write_samples(paths.images, count)
+    create_dataset(paths)
+    with open_catalog(paths) as cat:
+        scan(cat)
+        items = cat.items()
+        vectors = unit_rows(len(items), dim, seed)
+        with cat.transaction():
+            cat.vectors.ensure_model("m", "m", "t", dim, "float32")
+            cat.vectors.put("m", [it.content_hash for it in items], vectors, "float32")
+    return paths, {it.id: v for it, v in zip(items, vectors)}

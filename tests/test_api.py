@@ -10,34 +10,24 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import stylesearch
 from stylesearch.store.catalog import open_catalog
 
+from .conftest import image_dataset_with_vectors
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def vector_dataset(root: Path, name: str = "pics", n: int = 30):
-    """A dataset with generated images, captions, metadata and random unit vectors of a model 'm'."""
-    photos = stylesearch.open(name, root=root, create=True)
-    from stylesearch.ingest.samples import write_samples
-    from stylesearch.ingest.scan import scan
-
-    write_samples(photos.path / "images", n)
-    with open_catalog(photos.paths) as cat:
-        scan(cat)
-        items = cat.items()
-        vectors = np.random.default_rng(7).normal(size=(len(items), 16)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        with cat.transaction():
-            cat.vectors.ensure_model("m", "m", "t", 16, "float32")
-            cat.vectors.put("m", [it.content_hash for it in items], vectors, "float32")
-            for it in items:
-                cat.upsert_item(it.path, caption=f"caption {it.id}")
-                cat.set_metadata(it.id, {"n": it.id, "palette": it.path.split("/")[0]})
-    return photos, {it.id: v for it, v in zip(items, vectors)}
+    """A dataset with generated images, random vectors of a model 'm', captions and metadata."""
+    paths, vectors = image_dataset_with_vectors(root, name, n, seed=7)
+    with open_catalog(paths) as cat, cat.transaction():
+        for it in cat.items():
+            cat.upsert_item(it.path, caption=f"caption {it.id}")
+            cat.set_metadata(it.id, {"n": it.id, "palette": it.path.split("/")[0]})
+    return stylesearch.open(name, root=root), vectors
 
 
 def exact(vectors: dict, item: int, k: int) -> list[int]:

@@ -15,13 +15,13 @@ import time
 import numpy as np
 import pytest
 
-from stylesearch.store.catalog import open_catalog
 from stylesearch.embed.encoders.query import CachedQueryEncoder, QueryCache
 from stylesearch.errors import StyleSearchError
-from stylesearch.index.load import load_index
 from stylesearch.index.build import build_index
+from stylesearch.index.load import load_index
 from stylesearch.learn.metric import DiagonalMetric, LowRankMetric, save_metric
 from stylesearch.maps.projection import render_map, save_projection, write_coords
+from stylesearch.store.catalog import open_catalog
 from stylesearch.store.files import TEMP_MARK
 
 from .conftest import unit_rows, vector_catalog

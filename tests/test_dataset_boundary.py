@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from stylesearch.maps.atlas import AtlasOptions, build_atlas
-from stylesearch.store.catalog import open_catalog
-from stylesearch.store.datasets import create_dataset
 from stylesearch.errors import PathRefused
 from stylesearch.ingest.samples import render
 from stylesearch.ingest.scan import scan
-from stylesearch.store.shards import safe_member_name
-from stylesearch.store.paths import dataset_paths
 from stylesearch.ingest.transform import TransformOptions, transform_dataset
+from stylesearch.maps.atlas import AtlasOptions, build_atlas
+from stylesearch.store.catalog import open_catalog
+from stylesearch.store.datasets import create_dataset
+from stylesearch.store.paths import dataset_paths
+from stylesearch.store.shards import safe_member_name
 
 
 def jpeg(seed: int) -> bytes:

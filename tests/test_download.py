@@ -10,12 +10,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from stylesearch.store.catalog import open_catalog
+from stylesearch.errors import UserError
 from stylesearch.ingest.download import DownloadOptions, download
 from stylesearch.ingest.fetch import FetchError, fetch_bytes, fetch_once
-from stylesearch.errors import UserError
-from stylesearch.ingest.sources import Entry, guess_format, parse_entries, read_source, sample_entries
 from stylesearch.ingest.samples import render
+from stylesearch.ingest.sources import (
+    Entry,
+    guess_format,
+    parse_entries,
+    read_source,
+    sample_entries,
+)
+from stylesearch.store.catalog import open_catalog
 from stylesearch.store.paths import dataset_paths
 
 

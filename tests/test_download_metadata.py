@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from stylesearch.store.catalog import Catalog, open_catalog
 from stylesearch.ingest.download import DownloadOptions, download
-from stylesearch.query.filters import parse_filters, to_sql
 from stylesearch.ingest.sources import Entry, parse_entries
+from stylesearch.query.filters import parse_filters, to_sql
+from stylesearch.store.catalog import Catalog, open_catalog
 from stylesearch.store.paths import dataset_paths
 
 from .test_download import Server

@@ -11,12 +11,12 @@ import sys
 import numpy as np
 import pytest
 
-from stylesearch.store.catalog import open_catalog
 from stylesearch.embed.run import EmbedOptions, embed_dataset
 from stylesearch.errors import ItemNotFound, UserError
-from stylesearch.index.load import check_recall, load_index
 from stylesearch.index.build import build_index
-from stylesearch.query.search import SearchRequest, Searcher, Term, parse_terms, search
+from stylesearch.index.load import check_recall, load_index
+from stylesearch.query.search import Searcher, SearchRequest, Term, parse_terms, search
+from stylesearch.store.catalog import open_catalog
 
 from .conftest import TINY, make_dataset, unit_rows, vector_catalog
 
@@ -204,10 +204,10 @@ def test_search_by_image_url(embedded, tiny_spec):
 
     server = Server()
     try:
-        rows = search(embedded, [Term(1.0, "image", f"{server.url}/img/0.jpg")], k=3, spec=tiny_spec)
+        rows = search(embedded, SearchRequest([Term(1.0, "image", f"{server.url}/img/0.jpg")], k=3), tiny_spec)
         assert len(rows) == 3 and server.hits["/img/0.jpg"] == 1
         with pytest.raises(UserError, match="HTTP 404"):
-            search(embedded, [Term(1.0, "image", f"{server.url}/missing")], k=3, spec=tiny_spec)
+            search(embedded, SearchRequest([Term(1.0, "image", f"{server.url}/missing")], k=3), tiny_spec)
     finally:
         server.close()
 

@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stylesearch.store.catalog import open_catalog
-from stylesearch.store.datasets import create_dataset, list_datasets
 from stylesearch.errors import UserError
 from stylesearch.index.build import build_index
-from stylesearch.learn.judgments import parse_log_lines
-from stylesearch.learn.metric import DiagonalMetric, save_metric
 from stylesearch.ingest.samples import write_samples
 from stylesearch.ingest.scan import scan, walk_images
+from stylesearch.learn.judgments import parse_log_lines
+from stylesearch.learn.metric import DiagonalMetric, save_metric
+from stylesearch.store.catalog import open_catalog
+from stylesearch.store.datasets import create_dataset, list_datasets
 from stylesearch.store.paths import check_dataset_name, dataset_paths
 
 from .conftest import unit_rows

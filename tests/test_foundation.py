@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from stylesearch.store.catalog import SCHEMA_VERSION, open_catalog
 from stylesearch.errors import CatalogError, DatasetBusy
+from stylesearch.store.catalog import SCHEMA_VERSION, open_catalog
 from stylesearch.store.files import append_jsonl, atomic_write_json, writer_lock
 from stylesearch.store.paths import dataset_paths
 

@@ -11,15 +11,14 @@ import subprocess
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from stylesearch.store.catalog import open_catalog
-from stylesearch.store.datasets import create_dataset
 from stylesearch.errors import DiskFull
 from stylesearch.ingest.samples import write_samples
+from stylesearch.store.catalog import open_catalog
 from stylesearch.store.files import append_jsonl, atomic_write_json
-from stylesearch.store.paths import dataset_paths
+
+from .conftest import image_dataset_with_vectors
 
 
 @pytest.fixture
@@ -118,21 +117,8 @@ def test_atomic_writes_keep_the_previous_file_and_leave_no_temp(small_disk):
     assert str(target) in caught.value.message
 
 
-def vector_dataset(home_root: Path, count: int = 40):
-    paths = dataset_paths("full", home_root)
-    write_samples(paths.images, count)
-    create_dataset(paths)
-    from stylesearch.ingest.scan import scan
-
-    with open_catalog(paths) as cat:
-        scan(cat)
-        items = cat.items()
-        vectors = np.random.default_rng(0).normal(size=(len(items), 16)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        with cat.transaction():
-            cat.vectors.ensure_model("m", "m", "t", 16, "float32")
-            cat.vectors.put("m", [it.content_hash for it in items], vectors, "float32")
-    return paths
+def vector_dataset(home_root: Path, count: int):
+    return image_dataset_with_vectors(home_root, "full", count)[0]
 
 
 def test_catalog_index_and_thumbnail_writers_say_disk_full_and_keep_state(small_disk, cli):

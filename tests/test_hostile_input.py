@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stylesearch.store.catalog import open_catalog
 from stylesearch.query.filters import parse_filters, to_sql
 from stylesearch.query.search import SearchRequest, Term, search
+from stylesearch.store.catalog import open_catalog
 
 from .test_metadata_search import feed_dataset
 

@@ -7,8 +7,8 @@ import io
 import pytest
 from PIL import Image
 
-from stylesearch.store.images import BadImage, image_size, load_rgb, to_rgb
 from stylesearch.ingest.samples import render
+from stylesearch.store.images import BadImage, image_size, load_rgb, to_rgb
 
 
 def _jpeg_bytes(size=(1600, 1200)) -> bytes:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stylesearch.store.catalog import open_catalog
 from stylesearch.errors import UserError
-from stylesearch.index.load import check_recall, load_index
 from stylesearch.index.build import build_index
+from stylesearch.index.load import check_recall, load_index
 from stylesearch.index.plan import choose_plan, nlist_for, parse_bytes
+from stylesearch.store.catalog import open_catalog
 
 from .conftest import unit_rows, vector_catalog
 

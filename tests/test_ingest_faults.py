@@ -16,10 +16,10 @@ import time
 
 import pytest
 
-from stylesearch.store.catalog import open_catalog
 from stylesearch.ingest.download import DownloadOptions, download
 from stylesearch.ingest.scan import scan
 from stylesearch.ingest.sources import Entry
+from stylesearch.store.catalog import open_catalog
 from stylesearch.store.files import TEMP_MARK
 from stylesearch.store.paths import dataset_paths
 

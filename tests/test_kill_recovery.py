@@ -16,9 +16,9 @@ import time
 import numpy as np
 import pytest
 
-from stylesearch.store.catalog import open_catalog
 from stylesearch.index.load import load_index
 from stylesearch.ingest.samples import write_samples
+from stylesearch.store.catalog import open_catalog
 from stylesearch.store.files import TEMP_MARK
 from stylesearch.store.paths import dataset_paths
 

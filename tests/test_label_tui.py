@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
-
-from stylesearch.store.catalog import open_catalog
-from stylesearch.learn.labelling import LabelSession
-from stylesearch.learn.judgments import triplet_key
 from stylesearch.ingest.scan import scan
+from stylesearch.learn.judgments import triplet_key
+from stylesearch.learn.labelling import LabelSession
+from stylesearch.store.catalog import open_catalog
 
 from .conftest import make_dataset, unit_rows
 

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from stylesearch.store.catalog import open_catalog
 from stylesearch.errors import UserError
-from stylesearch.query.filters import parse_clause, parse_filters
 from stylesearch.index.build import build_index
-from stylesearch.query.search import SearchRequest, Term, search, search_datasets
-from stylesearch.store.paths import dataset_paths
 from stylesearch.maps.tags import parse_attribute, tag_dataset, zero_shot
+from stylesearch.query.filters import parse_clause, parse_filters
+from stylesearch.query.search import SearchRequest, Term, search, search_datasets
+from stylesearch.store.catalog import open_catalog
+from stylesearch.store.paths import dataset_paths
 
 from .conftest import unit_rows
 

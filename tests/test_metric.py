@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from stylesearch.store.catalog import open_catalog
 from stylesearch.errors import NotReady
 from stylesearch.learn.judgments import JudgmentLog, new_judgment, read_log
 from stylesearch.learn.labelling import TripletSampler
 from stylesearch.learn.metric import DiagonalMetric, IdentityMetric, load_metric
 from stylesearch.learn.train import TrainOptions, train_metric
 from stylesearch.query.search import SearchRequest, Term, search
+from stylesearch.store.catalog import open_catalog
 from stylesearch.store.files import append_jsonl
 from stylesearch.store.paths import dataset_paths
 

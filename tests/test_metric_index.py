@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stylesearch.index.load import RAW_SPACE, check_recall, load_index
 from stylesearch.index.build import build_index
+from stylesearch.index.load import RAW_SPACE, check_recall, load_index
 from stylesearch.learn.metric import DiagonalMetric, LowRankMetric, save_metric
 from stylesearch.query.search import Searcher, Term
 

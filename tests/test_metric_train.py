@@ -7,10 +7,26 @@ import numpy as np
 import pytest
 
 from stylesearch.errors import UserError
+from stylesearch.learn.fit import (
+    FitOptions,
+    Triplets,
+    agreement,
+    fit_metric,
+    wilson_interval,
+)
 from stylesearch.learn.labelling import LabelLoop, Retrainer, TripletSampler, simulate
-from stylesearch.learn.metric import DiagonalMetric, IdentityMetric, LowRankMetric, load_metric
-from stylesearch.learn.fit import FitOptions, Triplets, agreement, fit_metric, wilson_interval
-from stylesearch.learn.train import TrainOptions, judgment_triplets, train_arrays, train_metric
+from stylesearch.learn.metric import (
+    DiagonalMetric,
+    IdentityMetric,
+    LowRankMetric,
+    load_metric,
+)
+from stylesearch.learn.train import (
+    TrainOptions,
+    judgment_triplets,
+    train_arrays,
+    train_metric,
+)
 
 from .conftest import unit_rows
 
@@ -113,7 +129,8 @@ def test_wilson_interval():
 
 
 def test_train_report_and_saved_lowrank_metric(tmp_path):
-    from .test_metric import planted_dataset, simulate as simulate_user
+    from .test_metric import planted_dataset
+    from .test_metric import simulate as simulate_user
 
     paths, vectors, hidden = planted_dataset(tmp_path, n=120, dim=16, name="low")
     simulate_user(paths, vectors, hidden, 300, skips=0.02)

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stylesearch.store.catalog import open_catalog
+from stylesearch.embed.choice import resolve_spec
+from stylesearch.embed.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from stylesearch.errors import CatalogError, NotReady, UserError
 from stylesearch.learn.judgments import new_judgment
 from stylesearch.learn.metric import DiagonalMetric, load_metric, save_metric
-from stylesearch.embed.choice import resolve_spec
-from stylesearch.embed.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from stylesearch.store.catalog import open_catalog
 from stylesearch.store.files import append_jsonl
 from stylesearch.store.paths import dataset_paths
 

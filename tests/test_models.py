@@ -11,8 +11,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from stylesearch.errors import ModelWeightsMissing, UserError
 from stylesearch.embed.models import ModelSpec, load_model
+from stylesearch.errors import ModelWeightsMissing, UserError
 
 from .conftest import TINY, make_dataset
 

@@ -14,12 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stylesearch.embed.run import EmbedOptions, embed_dataset
 from stylesearch.embed.encoders.onnx import STAMP, load_export
 from stylesearch.embed.encoders.pixels import Preprocess, decode
-from stylesearch.embed.encoders.query import CachedQueryEncoder, OnnxQueryEncoder, QueryCache, query_encoder
-from stylesearch.store.images import load_rgb
+from stylesearch.embed.encoders.query import (
+    CachedQueryEncoder,
+    OnnxQueryEncoder,
+    QueryCache,
+    query_encoder,
+)
+from stylesearch.embed.run import EmbedOptions, embed_dataset
 from stylesearch.ingest.samples import render
+from stylesearch.store.images import load_rgb
 from stylesearch.store.paths import dataset_paths
 
 from .conftest import make_dataset

@@ -11,9 +11,14 @@ import pytest
 from PIL import Image
 
 from stylesearch.errors import NotReady
-from stylesearch.maps.projection import (UmapOptions, format_coords, free_cell, load_projection, project_dataset,
-                                         render_map)
-
+from stylesearch.maps.projection import (
+    UmapOptions,
+    format_coords,
+    free_cell,
+    load_projection,
+    project_dataset,
+    render_map,
+)
 
 
 def test_umap_rows_reproducible_and_saved(embedded, tiny_spec):
@@ -54,8 +59,8 @@ def test_free_cell_spirals_outward():
 
 
 def test_too_few_items_for_umap(tmp_path):
-    from stylesearch.store.paths import dataset_paths
     from stylesearch.store.catalog import open_catalog
+    from stylesearch.store.paths import dataset_paths
 
     paths = dataset_paths("small", tmp_path)
     with open_catalog(paths, create=True) as cat:

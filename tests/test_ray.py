@@ -7,9 +7,9 @@ import builtins
 import numpy as np
 import pytest
 
-from stylesearch.store.catalog import open_catalog
 from stylesearch.embed.run import EmbedOptions, embed_dataset
 from stylesearch.errors import UserError
+from stylesearch.store.catalog import open_catalog
 
 from .conftest import make_dataset
 

@@ -19,11 +19,11 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
 
-from stylesearch.store.catalog import open_catalog  # noqa: E402
 from stylesearch.index.build import build_index  # noqa: E402
 from stylesearch.learn.metric import DiagonalMetric, save_metric  # noqa: E402
 from stylesearch.server.app import create_app  # noqa: E402
 from stylesearch.server.config import ServerConfig  # noqa: E402
+from stylesearch.store.catalog import open_catalog  # noqa: E402
 
 from .conftest import make_dataset  # noqa: E402
 from .test_metadata_search import feed_dataset  # noqa: E402
@@ -38,9 +38,9 @@ def picture_dataset(root: Path, name: str = "pics", count: int = 30):
     (everything the page shows, without a model)."""
     from PIL import Image
 
+    from stylesearch.ingest.transform import TransformOptions, transform_dataset
     from stylesearch.maps.atlas import AtlasOptions, build_atlas
     from stylesearch.maps.projection import save_projection
-    from stylesearch.ingest.transform import TransformOptions, transform_dataset
 
     paths = make_dataset(root, name, count)
     transform_dataset(paths, TransformOptions(max_side=128, workers=1))
@@ -101,7 +101,8 @@ def search(c, name, **body):
 
 def test_search_similar_and_cross_dataset_match_the_library(client, root):
     from stylesearch.query.filters import parse_filters
-    from stylesearch.query.search import SearchRequest, Term, search as lib_search, search_datasets
+    from stylesearch.query.search import SearchRequest, Term, search_datasets
+    from stylesearch.query.search import search as lib_search
 
     a, _ = feed_dataset(root, "a", n=60, seed=1)
     b, _ = feed_dataset(root, "b", n=60, seed=2)
@@ -418,10 +419,10 @@ def test_query_image_urls_public_only_one_try_off_the_engine_thread(client, root
 def test_images_inside_tar_shards_are_served(client, root):
     import tarfile
 
-    from stylesearch.store.datasets import create_dataset
     from stylesearch.ingest.scan import scan
-    from stylesearch.store.paths import dataset_paths, thumbnail_for
     from stylesearch.ingest.transform import TransformOptions, transform_dataset
+    from stylesearch.store.datasets import create_dataset
+    from stylesearch.store.paths import dataset_paths, thumbnail_for
 
     from .test_shards import write_shard
 
@@ -560,9 +561,8 @@ def assert_fast_path_imports_nothing_heavy(root, url: str) -> None:
 
 
 def test_serve_command_loads_no_web_stack_until_run_and_refuses_public_bind(cli):
-    from stylesearch.cli.main import app
-
     from stylesearch.cli import serve_cmd
+    from stylesearch.cli.main import app
 
     help_code = ("import sys; from stylesearch.cli.main import app\nimport stylesearch.cli.serve_cmd\n"
                  "print([m for m in ('fastapi', 'uvicorn', 'starlette') if m in sys.modules])")

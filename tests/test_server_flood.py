@@ -18,8 +18,8 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from stylesearch.store.datasets import create_dataset  # noqa: E402
 from stylesearch.server.config import FD_RESERVE, connection_limits  # noqa: E402
+from stylesearch.store.datasets import create_dataset  # noqa: E402
 from stylesearch.store.paths import dataset_paths  # noqa: E402
 
 TOKEN = "s3cret"

@@ -6,14 +6,13 @@ import io
 import json
 import tarfile
 
-
+from stylesearch.ingest.samples import render
+from stylesearch.ingest.scan import scan
+from stylesearch.ingest.transform import TransformOptions, transform_dataset
 from stylesearch.store.catalog import open_catalog
 from stylesearch.store.datasets import create_dataset
 from stylesearch.store.images import load_rgb
-from stylesearch.ingest.samples import render
-from stylesearch.ingest.scan import scan
 from stylesearch.store.paths import dataset_paths
-from stylesearch.ingest.transform import TransformOptions, transform_dataset
 
 
 def jpeg(seed: int) -> bytes:

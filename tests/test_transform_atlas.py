@@ -9,11 +9,11 @@ import time
 import pytest
 from PIL import Image
 
-from stylesearch.maps.atlas import AtlasOptions, build_atlas, umap_order
 from stylesearch.errors import NotReady
 from stylesearch.ingest.samples import render
-from stylesearch.store.paths import thumbnail_for
 from stylesearch.ingest.transform import TransformOptions, transform_dataset
+from stylesearch.maps.atlas import AtlasOptions, build_atlas, umap_order
+from stylesearch.store.paths import thumbnail_for
 
 from .conftest import make_dataset
 
@@ -92,8 +92,9 @@ def test_atlas_umap_order_needs_coordinates(tmp_path):
 
 
 def test_umap_order_groups_rows_by_position():
-    from stylesearch.store.catalog import Item
     import numpy as np
+
+    from stylesearch.store.catalog import Item
 
     items = [Item(i, f"{i}.jpg", 0, 0, str(i), 1, 1, "ok") for i in range(1, 5)]
     coords = np.array([[1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])

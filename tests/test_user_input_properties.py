@@ -88,8 +88,8 @@ def test_filter_expressions_parse_or_raise_a_user_error(expr):
                                 max_size=5), max_size=5),
        st.lists(st.text(max_size=30), max_size=4))
 def test_metadata_files_store_or_raise_a_user_error(tmp_path_factory, records, csv_lines):
-    from stylesearch.store.catalog import open_catalog
     from stylesearch.ingest.metadata import attach_metadata, read_metadata_rows
+    from stylesearch.store.catalog import open_catalog
     from stylesearch.store.paths import dataset_paths
 
     paths = dataset_paths("props", tmp_path_factory.mktemp("meta"))

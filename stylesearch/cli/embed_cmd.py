@@ -9,8 +9,17 @@ from typing import Optional
 import typer
 
 from ..choices import EMBED_BACKENDS, EMBED_ENGINES, INDEX_KINDS, PRECISIONS
-from .common import (STATE, choice_enum, choose_model, log, make_progress, model_option, pretrained_option, summary,
-                     warn_list)
+from .common import (
+    STATE,
+    choice_enum,
+    choose_model,
+    log,
+    make_progress,
+    model_option,
+    pretrained_option,
+    summary,
+    warn_list,
+)
 
 Kind = choice_enum("Kind", INDEX_KINDS)
 Precision = choice_enum("Precision", PRECISIONS)
@@ -80,9 +89,8 @@ def index(
     """Build or update the FAISS index (atomic: searches keep using the old one until it is swapped in)."""
     from ..index.build import build_index
     from ..index.load import check_recall as recall
-    from ..store.paths import existing_dataset
-
     from ..index.plan import parse_bytes
+    from ..store.paths import existing_dataset
 
     paths = existing_dataset(dataset, STATE.root)
     key = choose_model(paths, model, pretrained).key

@@ -9,7 +9,6 @@ import typer
 from ..choices import LIST_FORMATS, THUMB_FORMATS
 from .common import STATE, choice_enum, log, make_progress, summary, warn_list
 
-
 ListFormat = choice_enum("ListFormat", LIST_FORMATS)
 ThumbFormat = choice_enum("ThumbFormat", list(THUMB_FORMATS))
 
@@ -61,8 +60,8 @@ def transform(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Make thumbnails (EXIF-aware, folder tree kept, incremental, parallel)."""
-    from ..store.paths import existing_dataset
     from ..ingest.transform import TransformOptions, transform_dataset
+    from ..store.paths import existing_dataset
 
     paths = existing_dataset(dataset, STATE.root)
     result = transform_dataset(paths, TransformOptions(max_side, fmt.value, quality, workers, force), make_progress())

@@ -7,7 +7,16 @@ from typing import Optional
 import typer
 
 from ..choices import LABEL_STRATEGIES, METRIC_KINDS
-from .common import STATE, choice_enum, choose_model, log, make_progress, model_option, pretrained_option, summary
+from .common import (
+    STATE,
+    choice_enum,
+    choose_model,
+    log,
+    make_progress,
+    model_option,
+    pretrained_option,
+    summary,
+)
 
 Strategy = choice_enum("Strategy", LABEL_STRATEGIES)
 Kind = choice_enum("MetricKind", METRIC_KINDS)
@@ -27,8 +36,8 @@ def label(
     pretrained: Optional[str] = pretrained_option(),
 ) -> None:
     """Judge triplets in the terminal (A/← B/→ S D Space U Q); judgments go to triplets.jsonl."""
-    from ..learn.labelling import LabelSession
     from ..learn.fit import FitOptions
+    from ..learn.labelling import LabelSession
     from ..store.paths import existing_dataset
 
     paths = existing_dataset(dataset, STATE.root)

@@ -14,9 +14,19 @@ import typer
 from typer.core import TyperGroup
 
 from ..errors import DiskFull, StyleSearchError
-from ..store.files import is_disk_full
-from . import (atlas_cmd, datasets_cmd, demo_cmd, embed_cmd, ingest_cmd, learn_cmd, meta_cmd, projection_cmd, onnx_cmd,
-               search_cmd, serve_cmd)
+from . import (
+    atlas_cmd,
+    datasets_cmd,
+    demo_cmd,
+    embed_cmd,
+    ingest_cmd,
+    learn_cmd,
+    meta_cmd,
+    onnx_cmd,
+    projection_cmd,
+    search_cmd,
+    serve_cmd,
+)
 from .common import STATE
 from .errors import render_error
 
@@ -33,6 +43,8 @@ class StyleSearchGroup(TyperGroup):
             render_error(exc)
             ctx.exit(exc.exit_code)
         except Exception as exc:
+            from ..store.files import is_disk_full
+
             if not is_disk_full(exc):  # any write the library did not name itself: still one line
                 raise
             if STATE.verbose:

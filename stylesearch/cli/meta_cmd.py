@@ -7,7 +7,15 @@ from typing import List, Optional
 
 import typer
 
-from .common import STATE, choose_model, model_option, pretrained_option, print_json, summary, warn_list
+from .common import (
+    STATE,
+    choose_model,
+    model_option,
+    pretrained_option,
+    print_json,
+    summary,
+    warn_list,
+)
 
 
 def meta(
@@ -47,8 +55,8 @@ def tag(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Label items per attribute zero-shot from text prompts; stores NAME and NAME_prob as metadata."""
-    from ..store.paths import existing_dataset
     from ..maps.tags import parse_attribute, tag_dataset
+    from ..store.paths import existing_dataset
 
     paths = existing_dataset(dataset, STATE.root)
     attributes = dict(parse_attribute(a) for a in attribute)

@@ -13,10 +13,16 @@ from __future__ import annotations
 
 import os
 
-from ..store.catalog import open_catalog
 from ..errors import NotReady, UserError
-from .models import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelSpec, default_pretrained, has_schema
+from ..store.catalog import open_catalog
 from ..store.paths import DatasetPaths
+from .models import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    ModelSpec,
+    default_pretrained,
+    has_schema,
+)
 
 
 def embedded_specs(paths: DatasetPaths) -> list[ModelSpec]:

@@ -2,7 +2,7 @@
 
 How vectors are computed is the Encoder's business (encoders/); this module decides what
 needs embedding, stores the results and reports the rate. When a run loaded the torch model
-anyway, it also exports the text tower to ONNX once (onnx_export), for torch-free text search.
+anyway, it also exports the text tower to ONNX once (embed.export), for torch-free text search.
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ..ingest.scan import scan
+from ..progress import Progress, or_null
 from ..store.catalog import Catalog, open_catalog
 from ..store.datasets import create_dataset
-from .encoders.base import Encoder, EncoderOptions
-from .backends import make_encoder
-from .models import ModelSpec
-from .export import export_text_after_embedding, remove_interrupted_exports
-from ..progress import Progress, or_null
-from ..ingest.scan import scan
-from ..store.paths import DatasetPaths
 from ..store.files import writer_lock
+from ..store.paths import DatasetPaths
+from .backends import make_encoder
+from .encoders.base import Encoder, EncoderOptions
+from .export import export_text_after_embedding, remove_interrupted_exports
+from .models import ModelSpec
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Building and updating FAISS indexes, memory-bounded: vectors stream from the catalog in chunks.
 
-The kind and its parameters come from index_plan (by size, build time and memory). Indexes
+The kind and its parameters come from plan.py (by size, build time and memory). Indexes
 that train (IVF kinds) train on a sample; then vectors are read from the catalog and added a
 chunk at a time, so peak memory stays near the index's own size. Writes are atomic: new
 `index-*.faiss` and `members-*.npz` files, then the sidecar that names them; versions no
@@ -16,14 +16,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..store.catalog import open_catalog
 from ..errors import NotReady, UserError
-from .load import IVF_KINDS, KINDS, RAW_SPACE, IndexDamaged, _space, metric_space, read_index
-from .plan import CHUNK, IndexPlan, choose_plan, format_bytes
 from ..learn.metric import Metric, load_metric
 from ..progress import Progress, or_null
+from ..store.catalog import open_catalog
+from ..store.files import (
+    atomic_path,
+    atomic_write_json,
+    now_iso,
+    remove_stale_temp_files,
+    writer_lock,
+)
 from ..store.paths import DatasetPaths
-from ..store.files import atomic_path, atomic_write_json, now_iso, remove_stale_temp_files, writer_lock
+from .load import (
+    IVF_KINDS,
+    KINDS,
+    RAW_SPACE,
+    IndexDamaged,
+    _space,
+    metric_space,
+    read_index,
+)
+from .plan import CHUNK, IndexPlan, choose_plan, format_bytes
 
 HNSW_EF_CONSTRUCTION = 100
 KMEANS_ITERATIONS = 10

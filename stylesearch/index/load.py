@@ -21,12 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..store.catalog import open_catalog
 from ..choices import INDEX_KINDS
 from ..errors import CatalogError, NotReady
 from ..learn.metric import Metric, load_metric, similarity
-from ..store.paths import DatasetPaths
+from ..store.catalog import open_catalog
 from ..store.files import read_json_or_none
+from ..store.paths import DatasetPaths
 
 log = logging.getLogger(__name__)
 

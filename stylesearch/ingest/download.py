@@ -24,14 +24,14 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from ..progress import Progress, or_null
 from ..store.catalog import Item, open_catalog
 from ..store.datasets import create_dataset
-from .fetch import FetchError, FetchOptions, HostGate, fetch_with_retries, valid_url
-from ..store.images import MAX_PIXELS, BadImage, file_sha256, load_rgb
-from ..progress import Progress, or_null
-from .sources import Entry
-from ..store.paths import DatasetPaths
 from ..store.files import atomic_path, remove_stale_temp_files, writer_lock
+from ..store.images import MAX_PIXELS, BadImage, file_sha256, load_rgb
+from ..store.paths import DatasetPaths
+from .fetch import FetchError, FetchOptions, HostGate, fetch_with_retries, valid_url
+from .sources import Entry
 
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
 

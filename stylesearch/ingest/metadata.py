@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import math
 import io
 import json
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..store.catalog import _storable, open_catalog
 from ..errors import UserError
-from ..store.paths import DatasetPaths
+from ..store.catalog import _storable, open_catalog
 from ..store.files import json_lines, writer_lock
+from ..store.paths import DatasetPaths
 
 # How a metadata row names its item, by preference: an `id` column is the catalog's item id only when
 # nothing else names the item (in a downloaded catalogue `id` is the source's own id, `url` names the item).

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import TextIO
 
 from ..errors import UserError
+from ..store.files import json_lines
 from .metadata import typed_value
 from .urls import looks_like_url
-from ..store.files import json_lines
 
 URL_KEYS = ("url", "image_url", "link", "src")
 LIST_KEYS = ("images", "image_urls", "urls")  # columns holding a JSON array of image URLs

@@ -7,14 +7,14 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..store.catalog import open_catalog
-from ..errors import DiskFull, PathRefused, UserError
-from ..store.images import BadImage, load_rgb
 from ..cores import pool_workers
+from ..errors import DiskFull, PathRefused, UserError
 from ..progress import Progress, or_null
-from .scan import scan
-from ..store.paths import THUMB_FORMATS, DatasetPaths
+from ..store.catalog import open_catalog
 from ..store.files import atomic_path, atomic_write_json, read_json_or_none, writer_lock
+from ..store.images import BadImage, load_rgb
+from ..store.paths import THUMB_FORMATS, DatasetPaths
+from .scan import scan
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Fitting metrics to triplet judgments on arrays (no dataset): the cross-validated choice of
-regularisation and of the kind (the kinds' models live in metric_kinds).
+regularisation and of the kind (the kinds' models live in kinds.py).
 
 A judgment "x is nearer to a than y" is modelled as P = sigmoid(d2(a,y) - d2(a,x)) with the
 learned squared distance d2 (logistic model, minimised with L-BFGS-B); "too similar" and "anchor
@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..choices import METRIC_KINDS
 from ..errors import UserError
 from .kinds import MODELS, Fit, Model, logistic_scale
-from ..choices import METRIC_KINDS
 
 KINDS = METRIC_KINDS
 

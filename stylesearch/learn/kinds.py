@@ -1,4 +1,4 @@
-"""The logistic triplet models behind each learned metric kind (used by metric_fit).
+"""The logistic triplet models behind each learned metric kind (used by fit.py).
 
 Each model precomputes its features for the decisive and equality triplets once; `fit` runs
 L-BFGS-B on some of the decisive rows for one regularisation candidate (warm-started from a

@@ -15,16 +15,16 @@ from typing import Callable
 
 import numpy as np
 
-from ..store.catalog import open_catalog
 from ..choices import LABEL_STRATEGIES
-from ..errors import NotReady, UserError
-from .judgments import DECISIVE, JudgmentLog, new_judgment, triplet_key
-from .metric import IdentityMetric, Metric, load_metric
-from .fit import Fit, FitOptions, fit_metric, refit
-from .kinds import sigmoid
-from .train import judgment_triplets
 from ..embed.choice import resolve_spec
+from ..errors import NotReady, UserError
+from ..store.catalog import open_catalog
 from ..store.paths import DatasetPaths, thumb_format, thumbnail_for
+from .fit import Fit, FitOptions, fit_metric, refit
+from .judgments import DECISIVE, JudgmentLog, new_judgment, triplet_key
+from .kinds import sigmoid
+from .metric import IdentityMetric, Metric, load_metric
+from .train import judgment_triplets
 
 STRATEGIES = LABEL_STRATEGIES
 

@@ -9,7 +9,7 @@ plain L2 distance equals the metric's distance (what the index and UMAP use). Ki
 
 Scores are 1 - d^2/2, which equals cosine similarity for unit vectors under the identity.
 `weights.json` names the kind; its parameters live in `weights.npz`. Fitting lives in
-metric_train.py. Parameters that cannot rank (NaN, infinite, negative weights, absurdly large,
+train.py. Parameters that cannot rank (NaN, infinite, negative weights, absurdly large,
 all zero) are refused at load, never used to rank.
 """
 
@@ -22,8 +22,8 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import CatalogError, StyleSearchError
-from ..store.paths import DatasetPaths
 from ..store.files import atomic_path, atomic_write_json, read_json_or_none
+from ..store.paths import DatasetPaths
 
 PARAMETER_LIMIT = 1e6  # trained parameters are near 1 (weights of mean 1, a projection of trace dim)
 

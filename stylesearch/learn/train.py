@@ -1,5 +1,5 @@
 """Training a learned metric from a dataset's judgments log: data preparation, a held-out
-estimate of agreement, the fit (metric_fit), and saving.
+estimate of agreement, the fit (fit.py), and saving.
 
 A random share of the decisive (A/B) judgments is held out; the metric fitted on the rest
 (regularisation chosen by cross-validation within it) is scored on them, with a 95% interval.
@@ -13,13 +13,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..store.catalog import open_catalog
 from ..errors import NotReady, UserError
+from ..store.catalog import open_catalog
+from ..store.files import now_iso
+from ..store.paths import DatasetPaths
+from .fit import (
+    KINDS,
+    FitOptions,
+    Triplets,
+    agreement,
+    fit_metric,
+    refit,
+    wilson_interval,
+)
 from .judgments import DECISIVE, EQUALITY, read_log
 from .metric import IdentityMetric, save_metric
-from .fit import KINDS, FitOptions, Triplets, agreement, fit_metric, refit, wilson_interval
-from ..store.paths import DatasetPaths
-from ..store.files import now_iso
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..store.catalog import Item, open_catalog
 from ..choices import ATLAS_ORDERS
 from ..errors import NotReady, PathRefused, UserError
-from ..store.images import BadImage, load_rgb
-from ..progress import Progress, or_null
 from ..ingest.scan import scan
-from ..store.paths import DatasetPaths, thumb_format, thumbnail_for
+from ..progress import Progress, or_null
+from ..store.catalog import Item, open_catalog
 from ..store.files import atomic_path, atomic_write_json, read_json_or_none, writer_lock
-
+from ..store.images import BadImage, load_rgb
+from ..store.paths import DatasetPaths, thumb_format, thumbnail_for
 
 ORDERS = ATLAS_ORDERS
 

@@ -11,16 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..store.catalog import open_catalog
 from ..choices import COORD_FORMATS
 from ..errors import NotReady, PathRefused, UserError
-from ..query.filters import flat_meta, meta_column
-from ..store.images import BadImage, load_rgb
 from ..learn.metric import load_metric
 from ..progress import Progress, or_null
-from ..store.files import remove_temp_files_of
+from ..query.filters import flat_meta, meta_column
+from ..store.catalog import open_catalog
+from ..store.files import atomic_path, atomic_write_bytes, remove_temp_files_of
+from ..store.images import BadImage, load_rgb
 from ..store.paths import DatasetPaths, thumb_format, thumbnail_for
-from ..store.files import atomic_path, atomic_write_bytes
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..store.catalog import open_catalog
 from ..embed.encoders.query import query_encoder
-from ..errors import NotReady, UserError
 from ..embed.models import ModelSpec
-from ..store.paths import DatasetPaths
+from ..errors import NotReady, UserError
+from ..store.catalog import open_catalog
 from ..store.files import writer_lock
+from ..store.paths import DatasetPaths
 
 TEMPLATES = ("a photo of {}.", "an image of {}.", "{}", "a picture in the style of {}.", "an example of {}.")
 LOGIT_SCALE = 100.0  # CLIP's learned temperature, the same for the models open_clip ships

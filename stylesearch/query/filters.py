@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Sequence
 from dataclasses import dataclass
+from typing import Sequence
 
 from ..errors import UserError
 

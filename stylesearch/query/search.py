@@ -14,16 +14,16 @@ from typing import Sequence
 
 import numpy as np
 
-from ..ingest.urls import is_http_url
-from ..store.catalog import open_catalog
-from ..errors import NotReady, UserError
-from .filters import Clause, matching_ids
-from ..index.load import load_index, metric_space
-from ..learn.metric import load_metric
 from ..embed.choice import resolve_spec
 from ..embed.encoders.query import QueryEncoder, query_encoder
 from ..embed.models import ModelSpec
+from ..errors import NotReady, UserError
+from ..index.load import load_index, metric_space
+from ..ingest.urls import is_http_url
+from ..learn.metric import load_metric
+from ..store.catalog import open_catalog
 from ..store.paths import DatasetPaths
+from .filters import Clause, matching_ids
 
 EXACT_SUBSET_LIMIT = 20_000  # a filter matching at most this many items is searched exactly
 _TERM = re.compile(r"^(?P<sign>[+-]?)\s*(?:(?P<weight>\d+(?:\.\d+)?|\.\d+)\*)?(?:(?P<kind>text|image|like):)?(?P<value>.*)$",

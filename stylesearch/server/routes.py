@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from typing import List, Optional
 
-from fastapi import APIRouter, Path as PathParam, Query, Request
+from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
-from starlette.concurrency import run_in_threadpool
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
-from ..version import __version__
 from ..errors import UserError
+from ..version import __version__
 from . import queries
 from .queries import ManyBody, SearchBody, Uploads
 from .state import ServerState

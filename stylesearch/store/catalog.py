@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Iterable, Sequence
 from urllib.parse import quote
 
-
-from .vectors import Vectors, in_chunks
 from ..errors import CatalogError, ItemNotFound, StyleSearchError
-from .paths import DatasetPaths
 from .files import full_disk_as_error, is_disk_full, now_iso
+from .paths import DatasetPaths
+from .vectors import Vectors, in_chunks
 
 SCHEMA_VERSION = 2
 MAX_ID = 2**63 - 1  # SQLite's largest integer

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import sqlite3
 
-from .catalog import open_catalog
 from ..errors import StyleSearchError
-from .paths import DatasetPaths, datasets_root, existing_dataset, list_dataset_names
+from .catalog import open_catalog
 from .files import read_json_or_none
+from .paths import DatasetPaths, datasets_root, existing_dataset, list_dataset_names
 
 
 def create_dataset(paths: DatasetPaths) -> None:

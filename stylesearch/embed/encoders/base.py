@@ -17,7 +17,6 @@ import numpy as np
 from ... import cores
 
 
-
 @dataclass
 class EncodedBatch:
     """Vectors of the files at `indices` (positions in the list given to encode) and failed files."""

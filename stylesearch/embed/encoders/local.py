@@ -64,7 +64,7 @@ class LocalEncoder:
 
     @property
     def torch_model(self):
-        """The loaded model, for exports that need torch (onnx_export)."""
+        """The loaded model, for exports that need torch (embed/export.py)."""
         return self.model
 
     def encode(self, files: Sequence[Path]) -> Iterator[EncodedBatch]:

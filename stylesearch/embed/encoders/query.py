@@ -17,8 +17,8 @@ from typing import Protocol
 
 import numpy as np
 
-from ..models import ModelSpec
 from ...store.paths import DatasetPaths, user_cache_dir
+from ..models import ModelSpec
 
 log = logging.getLogger(__name__)
 CACHE_LIMIT = 20_000  # text vectors kept per model; the oldest go first
@@ -225,8 +225,8 @@ def query_encoder(paths: DatasetPaths, spec: ModelSpec, device: str = "auto", ca
 
 def _model_dim(paths: DatasetPaths, model_key: str) -> int | None:
     """The size of the model's vectors in the dataset's catalog (what cached query vectors must have)."""
-    from ...store.catalog import open_catalog
     from ...errors import StyleSearchError
+    from ...store.catalog import open_catalog
 
     try:
         with open_catalog(paths, readonly=True) as catalog:

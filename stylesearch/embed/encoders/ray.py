@@ -1,6 +1,6 @@
 """The Ray encoder: Ray Data decodes files (or tar shard members) in parallel tasks and runs the
 model in a pool of actors (the model loaded once per actor, on a GPU when the cluster has one);
-vectors stream back to the driver batch by batch, where embed.py commits them.
+vectors stream back to the driver batch by batch, where embed/run.py commits them.
 
 The driver computes the pending work as the local engine does, so a killed job resumes from its
 last committed batch; Ray retries tasks and restarts actors lost with a worker. Workers must see

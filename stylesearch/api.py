@@ -85,7 +85,8 @@ class MapPoint:
 
 
 def datasets(root: str | os.PathLike | None = None) -> list[DatasetInfo]:
-    """Every dataset under the root (default $STYLESEARCH_HOME, else ./datasets), as `stylesearch datasets` lists them."""
+    """Every dataset under the root (default $STYLESEARCH_HOME, else ./datasets), as `stylesearch datasets`
+    lists them."""
     from .store.datasets import list_datasets
 
     return [DatasetInfo(**row) for row in list_datasets(root)]

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-from .embed.models import (
-    DEFAULT_MODEL,
-    DEFAULT_PRETRAINED,
-    RANDOM,
-    ModelSpec,
-    weights_cached,
-)
+from .embed.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, RANDOM, ModelSpec, weights_cached
 from .embed.run import EmbedOptions, embed_dataset
 from .index.build import build_index
 from .index.load import index_meta

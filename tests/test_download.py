@@ -14,13 +14,7 @@ from stylesearch.errors import UserError
 from stylesearch.ingest.download import DownloadOptions, download
 from stylesearch.ingest.fetch import FetchError, fetch_bytes, fetch_once
 from stylesearch.ingest.samples import render
-from stylesearch.ingest.sources import (
-    Entry,
-    guess_format,
-    parse_entries,
-    read_source,
-    sample_entries,
-)
+from stylesearch.ingest.sources import Entry, guess_format, parse_entries, read_source, sample_entries
 from stylesearch.store.catalog import open_catalog
 from stylesearch.store.paths import dataset_paths
 

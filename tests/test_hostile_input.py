@@ -122,7 +122,8 @@ def _check_long_lists(paths, count):
     numbers = ", ".join(str(n + 100) for n in range(count - 1))
     assert _ids(paths, f"price in ({numbers}, 5)") == [6]
     assert _ids(paths, f"path in ({words}, 7.jpg)") == [8]
-    rows = search(paths, SearchRequest([Term(1.0, "like", "1")], k=3, filters=parse_filters([f"price in ({numbers}, 5, 6)"])))
+    clauses = parse_filters([f"price in ({numbers}, 5, 6)"])
+    rows = search(paths, SearchRequest([Term(1.0, "like", "1")], k=3, filters=clauses))
     assert sorted(r["id"] for r in rows) == [6, 7]
 
 

@@ -7,26 +7,10 @@ import numpy as np
 import pytest
 
 from stylesearch.errors import UserError
-from stylesearch.learn.fit import (
-    FitOptions,
-    Triplets,
-    agreement,
-    fit_metric,
-    wilson_interval,
-)
+from stylesearch.learn.fit import FitOptions, Triplets, agreement, fit_metric, wilson_interval
 from stylesearch.learn.labelling import LabelLoop, Retrainer, TripletSampler, simulate
-from stylesearch.learn.metric import (
-    DiagonalMetric,
-    IdentityMetric,
-    LowRankMetric,
-    load_metric,
-)
-from stylesearch.learn.train import (
-    TrainOptions,
-    judgment_triplets,
-    train_arrays,
-    train_metric,
-)
+from stylesearch.learn.metric import DiagonalMetric, IdentityMetric, LowRankMetric, load_metric
+from stylesearch.learn.train import TrainOptions, judgment_triplets, train_arrays, train_metric
 
 from .conftest import unit_rows
 

@@ -16,12 +16,7 @@ import pytest
 
 from stylesearch.embed.encoders.onnx import STAMP, load_export
 from stylesearch.embed.encoders.pixels import Preprocess, decode
-from stylesearch.embed.encoders.query import (
-    CachedQueryEncoder,
-    OnnxQueryEncoder,
-    QueryCache,
-    query_encoder,
-)
+from stylesearch.embed.encoders.query import CachedQueryEncoder, OnnxQueryEncoder, QueryCache, query_encoder
 from stylesearch.embed.run import EmbedOptions, embed_dataset
 from stylesearch.ingest.samples import render
 from stylesearch.store.images import load_rgb

@@ -15,16 +15,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 from stylesearch.errors import StyleSearchError  # noqa: E402
 from stylesearch.ingest.fetch import valid_url  # noqa: E402
-from stylesearch.ingest.sources import (
-    CAPTION_KEYS,
-    ID_KEYS,
-    LIST_KEYS,
-    URL_KEYS,
-    Entry,
-    guess_format,
-    parse_entries,
-    read_source,
-)
+from stylesearch.ingest.sources import (CAPTION_KEYS, ID_KEYS, LIST_KEYS, URL_KEYS, Entry, guess_format, parse_entries,
+                                        read_source)
 
 FORMATS = ("txt", "csv", "tsv", "jsonl")
 SETTINGS = settings(max_examples=100, deadline=None, database=None)

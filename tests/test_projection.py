@@ -11,14 +11,8 @@ import pytest
 from PIL import Image
 
 from stylesearch.errors import NotReady
-from stylesearch.maps.projection import (
-    UmapOptions,
-    format_coords,
-    free_cell,
-    load_projection,
-    project_dataset,
-    render_map,
-)
+from stylesearch.maps.projection import (UmapOptions, format_coords, free_cell, load_projection, project_dataset,
+                                         render_map)
 
 
 def test_umap_rows_reproducible_and_saved(embedded, tiny_spec):

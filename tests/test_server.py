@@ -108,11 +108,13 @@ def test_search_similar_and_cross_dataset_match_the_library(client, root):
     b, _ = feed_dataset(root, "b", n=60, seed=2)
     c = client()
     rows = search(c, "a", likes=["3"], k=5, where=["category in (summer, winter)"], group=True)
-    assert rows == lib_search(a, SearchRequest([Term(1.0, "like", "3")], k=5, filters=parse_filters(["category in (summer, winter)"]),
-                              group=True))
-    assert c.get("/api/datasets/a/similar/3?k=5").json()["rows"] == lib_search(a, SearchRequest([Term(1.0, "like", "3")], k=5))
+    like3 = [Term(1.0, "like", "3")]
+    assert rows == lib_search(a, SearchRequest(like3, k=5, filters=parse_filters(["category in (summer, winter)"]),
+                                               group=True))
+    assert c.get("/api/datasets/a/similar/3?k=5").json()["rows"] == lib_search(a, SearchRequest(like3, k=5))
     many = c.post("/api/search", json={"likes": ["1"], "k": 8, "all": True}).json()
-    assert many["title"] == "a, b" and many["rows"] == search_datasets([a, b], SearchRequest([Term(1.0, "like", "1")], k=8))
+    assert many["title"] == "a, b"
+    assert many["rows"] == search_datasets([a, b], SearchRequest([Term(1.0, "like", "1")], k=8))
     health = c.get("/health").json()
     assert health["status"] == "ok" and {d["name"] for d in health["datasets"]} == {"a", "b"}
 
@@ -141,7 +143,7 @@ def test_items_files_distances_map_and_docs(client, root):
 
 def test_text_and_uploaded_image_search(client, root, monkeypatch):
     paths = picture_dataset(root)
-    monkeypatch.setattr("stylesearch.query.search.query_encoder", lambda p, spec, device="auto": FakeEncoder(48))
+    monkeypatch.setattr("stylesearch.query.search.query_encoder", lambda p, spec, device="auto", **_: FakeEncoder(48))
     c = client()
     text = search(c, "pics", terms=["red dress", "-blue"], k=3)
     assert len(text) == 3
@@ -377,7 +379,7 @@ class ImageHost:
 
 def test_query_image_urls_public_only_one_try_off_the_engine_thread(client, root, monkeypatch):
     paths = picture_dataset(root, count=12)
-    monkeypatch.setattr("stylesearch.query.search.query_encoder", lambda p, spec, device="auto": FakeEncoder(48))
+    monkeypatch.setattr("stylesearch.query.search.query_encoder", lambda p, spec, device="auto", **_: FakeEncoder(48))
     image_path = next(paths.images.rglob("dots-*.jpg"))
     host = ImageHost(image_path.read_bytes())
     c = client(fetch_timeout=0.5)
@@ -469,7 +471,7 @@ def test_effort_is_set_per_query_and_query_encoders_are_shared(client, root, mon
         return index_search(self, queries, k)
     monkeypatch.setattr(LoadedIndex, "search", spy)
     monkeypatch.setattr("stylesearch.query.search.query_encoder",
-                        lambda p, spec, device="auto": encoders.append(p.name) or FakeEncoder(16))
+                        lambda p, spec, device="auto", **_: encoders.append(p.name) or FakeEncoder(16))
     c = client()
     default = search(c, "a", likes=["1"], k=5)
     for effort in (8, 64, 8, 1000):
@@ -579,7 +581,7 @@ def threaded_server(root, monkeypatch):
     """A uvicorn server in a thread of this process, with the fake text encoder (as local searches here)."""
     import uvicorn
 
-    monkeypatch.setattr("stylesearch.query.search.query_encoder", lambda p, spec, device="auto": FakeEncoder(48))
+    monkeypatch.setattr("stylesearch.query.search.query_encoder", lambda p, spec, device="auto", **_: FakeEncoder(48))
     running = []
 
     def start() -> str:

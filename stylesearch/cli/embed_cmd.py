@@ -9,17 +9,8 @@ from typing import Optional
 import typer
 
 from ..choices import EMBED_BACKENDS, EMBED_ENGINES, INDEX_KINDS, PRECISIONS
-from .common import (
-    STATE,
-    choice_enum,
-    choose_model,
-    log,
-    make_progress,
-    model_option,
-    pretrained_option,
-    summary,
-    warn_list,
-)
+from .common import (STATE, choice_enum, choose_model, log, make_progress, model_option, pretrained_option, summary,
+                     warn_list)
 
 Kind = choice_enum("Kind", INDEX_KINDS)
 Precision = choice_enum("Precision", PRECISIONS)

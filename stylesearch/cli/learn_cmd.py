@@ -7,16 +7,7 @@ from typing import Optional
 import typer
 
 from ..choices import LABEL_STRATEGIES, METRIC_KINDS
-from .common import (
-    STATE,
-    choice_enum,
-    choose_model,
-    log,
-    make_progress,
-    model_option,
-    pretrained_option,
-    summary,
-)
+from .common import STATE, choice_enum, choose_model, log, make_progress, model_option, pretrained_option, summary
 
 Strategy = choice_enum("Strategy", LABEL_STRATEGIES)
 Kind = choice_enum("MetricKind", METRIC_KINDS)

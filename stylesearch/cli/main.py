@@ -14,19 +14,8 @@ import typer
 from typer.core import TyperGroup
 
 from ..errors import DiskFull, StyleSearchError
-from . import (
-    atlas_cmd,
-    datasets_cmd,
-    demo_cmd,
-    embed_cmd,
-    ingest_cmd,
-    learn_cmd,
-    meta_cmd,
-    onnx_cmd,
-    projection_cmd,
-    search_cmd,
-    serve_cmd,
-)
+from . import (atlas_cmd, datasets_cmd, demo_cmd, embed_cmd, ingest_cmd, learn_cmd, meta_cmd, onnx_cmd, projection_cmd,
+               search_cmd, serve_cmd)
 from .common import STATE
 from .errors import render_error
 

@@ -7,15 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import (
-    STATE,
-    choose_model,
-    model_option,
-    pretrained_option,
-    print_json,
-    summary,
-    warn_list,
-)
+from .common import STATE, choose_model, model_option, pretrained_option, print_json, summary, warn_list
 
 
 def meta(

@@ -6,15 +6,7 @@ from typing import Optional
 
 import typer
 
-from .common import (
-    STATE,
-    choose_model,
-    log,
-    model_option,
-    pretrained_option,
-    summary,
-    warn_list,
-)
+from .common import STATE, choose_model, log, model_option, pretrained_option, summary, warn_list
 
 
 def export_onnx(

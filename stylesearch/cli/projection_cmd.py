@@ -9,15 +9,7 @@ from typing import Optional
 import typer
 
 from ..choices import COORD_FORMATS
-from .common import (
-    STATE,
-    choice_enum,
-    choose_model,
-    log,
-    make_progress,
-    model_option,
-    pretrained_option,
-)
+from .common import STATE, choice_enum, choose_model, log, make_progress, model_option, pretrained_option
 
 CoordFormat = choice_enum("CoordFormat", COORD_FORMATS)
 
@@ -37,13 +29,7 @@ def umap_export(
     pretrained: Optional[str] = pretrained_option(),
 ) -> None:
     """2D UMAP coordinates of every embedded item (csv/json/parquet) and an optional thumbnail map PNG."""
-    from ..maps.projection import (
-        UmapOptions,
-        format_coords,
-        project_dataset,
-        render_map,
-        write_coords,
-    )
+    from ..maps.projection import UmapOptions, format_coords, project_dataset, render_map, write_coords
     from ..store.paths import existing_dataset
 
     paths = existing_dataset(dataset, STATE.root)

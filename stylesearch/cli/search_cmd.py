@@ -7,14 +7,7 @@ from typing import List, Optional
 import typer
 from typer.core import TyperCommand
 
-from .common import (
-    STATE,
-    OutputFormat,
-    choose_model,
-    emit_rows,
-    model_option,
-    pretrained_option,
-)
+from .common import STATE, OutputFormat, choose_model, emit_rows, model_option, pretrained_option
 
 TERMS_HELP = ("Query terms: text, or [+|-][WEIGHT*][text:|image:|like:]VALUE, e.g. \"red dress\" -blue "
               "0.5*image:ref.jpg. A term starting with '-' works unless it is exactly a short option "

@@ -16,13 +16,7 @@ import os
 from ..errors import NotReady, UserError
 from ..store.catalog import open_catalog
 from ..store.paths import DatasetPaths
-from .models import (
-    DEFAULT_MODEL,
-    DEFAULT_PRETRAINED,
-    ModelSpec,
-    default_pretrained,
-    has_schema,
-)
+from .models import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelSpec, default_pretrained, has_schema
 
 
 def embedded_specs(paths: DatasetPaths) -> list[ModelSpec]:

@@ -21,14 +21,7 @@ import numpy as np
 from ..errors import StyleSearchError, UserError
 from ..store.files import TEMP_MARK, atomic_write_json, file_mode, now_iso, writer_lock
 from .encoders.base import EncoderOptions
-from .encoders.onnx import (
-    EXPORT_FORMAT,
-    STAMP,
-    OnnxEncoder,
-    OnnxExport,
-    load_export,
-    read_stamp,
-)
+from .encoders.onnx import EXPORT_FORMAT, STAMP, OnnxEncoder, OnnxExport, load_export, read_stamp
 
 TOWERS = ("text", "image", "image-int8")
 MIN_COSINE = 0.9999  # an exported tower must agree this well with torch on the probes

@@ -20,23 +20,9 @@ from ..errors import NotReady, UserError
 from ..learn.metric import Metric, load_metric
 from ..progress import Progress, or_null
 from ..store.catalog import open_catalog
-from ..store.files import (
-    atomic_path,
-    atomic_write_json,
-    now_iso,
-    remove_stale_temp_files,
-    writer_lock,
-)
+from ..store.files import atomic_path, atomic_write_json, now_iso, remove_stale_temp_files, writer_lock
 from ..store.paths import DatasetPaths
-from .load import (
-    IVF_KINDS,
-    KINDS,
-    RAW_SPACE,
-    IndexDamaged,
-    _space,
-    metric_space,
-    read_index,
-)
+from .load import IVF_KINDS, KINDS, RAW_SPACE, IndexDamaged, _space, metric_space, read_index
 from .plan import CHUNK, IndexPlan, choose_plan, format_bytes
 
 HNSW_EF_CONSTRUCTION = 100

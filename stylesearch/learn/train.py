@@ -17,15 +17,7 @@ from ..errors import NotReady, UserError
 from ..store.catalog import open_catalog
 from ..store.files import now_iso
 from ..store.paths import DatasetPaths
-from .fit import (
-    KINDS,
-    FitOptions,
-    Triplets,
-    agreement,
-    fit_metric,
-    refit,
-    wilson_interval,
-)
+from .fit import KINDS, FitOptions, Triplets, agreement, fit_metric, refit, wilson_interval
 from .judgments import DECISIVE, EQUALITY, read_log
 from .metric import IdentityMetric, save_metric
 

@@ -82,7 +82,7 @@ def tag_dataset(paths: DatasetPaths, spec: ModelSpec, attributes: dict[str, list
             raise NotReady(f"Dataset {paths.name!r} has no embedded items to tag.", "Embed the dataset first.",
                            dataset=paths.name, step="embed")
         current = catalog.metadata(ids)
-        encoder = encoder or query_encoder(paths, spec, device)
+        encoder = encoder or query_encoder(paths, spec, device, dim=vectors.shape[1])
         for name, labels in attributes.items():
             todo = np.array([redo or name not in current.get(int(i), {}) for i in ids], dtype=bool)
             best, prob = zero_shot(vectors[todo], label_vectors(encoder, labels)) if todo.any() else ([], [])

@@ -23,7 +23,7 @@ from ..ingest.urls import is_http_url
 from ..learn.metric import load_metric
 from ..store.catalog import open_catalog
 from ..store.paths import DatasetPaths
-from .filters import Clause, matching_ids
+from .filters import Clause, matching_ids, parse_filters
 
 EXACT_SUBSET_LIMIT = 20_000  # a filter matching at most this many items is searched exactly
 _TERM = re.compile(r"^(?P<sign>[+-]?)\s*(?:(?P<weight>\d+(?:\.\d+)?|\.\d+)\*)?(?:(?P<kind>text|image|like):)?(?P<value>.*)$",
@@ -57,8 +57,6 @@ class SearchRequest:
     def parse(cls, words: Sequence[str] = (), images: Sequence[str] = (), likes: Sequence[str] = (),
               where: Sequence[str] = (), **options) -> "SearchRequest":
         """A request from the words a person types: terms in the query grammar and `where` clauses."""
-        from .filters import parse_filters
-
         return cls(parse_terms(list(words), images, likes), filters=parse_filters(list(where)), **options)
 
 
@@ -113,7 +111,8 @@ class Searcher:
                 raise NotReady(f"Dataset {paths.name!r} has no embeddings of {self.model_key}.",
                                "Embed it with that model first.", dataset=paths.name, step="embed")
             self.index = load_index(paths, self.model_key, effort)
-            self.metric = load_metric(paths, self.model_key, raw=raw, dim=model_meta["dim"])
+            self.dim = int(model_meta["dim"])
+            self.metric = load_metric(paths, self.model_key, raw=raw, dim=self.dim)
         except BaseException:
             self.catalog.close()
             raise
@@ -129,7 +128,7 @@ class Searcher:
     @property
     def encoder(self) -> QueryEncoder:
         if self._encoder is None:
-            self._encoder = query_encoder(self.paths, self.spec, self.device)
+            self._encoder = query_encoder(self.paths, self.spec, self.device, dim=self.dim)
         return self._encoder
 
     @property

@@ -11,18 +11,8 @@ from __future__ import annotations
 
 import json
 
-from ..errors import (
-    CatalogError,
-    DatasetBusy,
-    DatasetNotFound,
-    DiskFull,
-    ItemNotFound,
-    ModelWeightsMissing,
-    NotReady,
-    PathRefused,
-    StyleSearchError,
-    UserError,
-)
+from ..errors import (CatalogError, DatasetBusy, DatasetNotFound, DiskFull, ItemNotFound, ModelWeightsMissing, NotReady,
+                      PathRefused, StyleSearchError, UserError)
 from ..store.images import BadImage
 
 _STATUS = ((DatasetNotFound, 404), (ItemNotFound, 404), (PathRefused, 403), (NotReady, 409), (DatasetBusy, 409),

@@ -98,12 +98,7 @@ class Uploads:
         """Fetch the query images given as URLs (blocking: call it in a worker thread, not on the engine
         thread): public addresses only, one attempt each, `fetch_timeout` seconds for all of them.
         Errors say neither the remote status nor the reason, only that the image could not be had."""
-        from ..ingest.fetch import (
-            AddressRefused,
-            FetchError,
-            FetchOptions,
-            fetch_with_retries,
-        )
+        from ..ingest.fetch import AddressRefused, FetchError, FetchOptions, fetch_with_retries
 
         deadline = time.monotonic() + self.fetch_timeout
         for term in self.to_fetch(terms):

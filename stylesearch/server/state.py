@@ -25,12 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import DatasetNotFound
-from ..store.paths import (
-    DatasetPaths,
-    check_dataset_name,
-    existing_dataset,
-    list_dataset_names,
-)
+from ..store.paths import DatasetPaths, check_dataset_name, existing_dataset, list_dataset_names
 from .config import ServerConfig
 from .errors import Overloaded
 

@@ -21,8 +21,6 @@ def now_iso(timespec: str = "seconds") -> str:
     return datetime.now(timezone.utc).isoformat(timespec=timespec)
 
 
-
-
 # ---------------------------------------------------------------- full disks and atomic writes
 
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -96,6 +94,21 @@ def remove_stale_temp_files(folder: Path, recursive: bool = False) -> int:
     return removed
 
 
+def remove_temp_files_of(target: str | os.PathLike) -> int:
+    """Delete temp files that interrupted atomic writes of `target` left beside it (`.NAME.tmp-*`), and
+    nothing else: for outputs anywhere (a map, a coordinates file), where no dataset lock is held."""
+    target = Path(target)
+    prefix = f".{target.name}{TEMP_MARK}"
+    removed = 0
+    with contextlib.suppress(OSError):
+        for file in target.parent.iterdir():
+            if file.name.startswith(prefix) and not file.is_dir():
+                with contextlib.suppress(OSError):
+                    file.unlink()
+                    removed += 1
+    return removed
+
+
 def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
@@ -158,21 +171,6 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
         return default
 
 
-def remove_temp_files_of(target: str | os.PathLike) -> int:
-    """Delete temp files that interrupted atomic writes of `target` left beside it (`.NAME.tmp-*`), and
-    nothing else: for outputs anywhere (a map, a coordinates file), where no dataset lock is held."""
-    target = Path(target)
-    prefix = f".{target.name}{TEMP_MARK}"
-    removed = 0
-    with contextlib.suppress(OSError):
-        for file in target.parent.iterdir():
-            if file.name.startswith(prefix) and not file.is_dir():
-                with contextlib.suppress(OSError):
-                    file.unlink()
-                    removed += 1
-    return removed
-
-
 def read_json_or_none(path: str | os.PathLike) -> Any:
     """A sidecar's JSON, or None when it is missing, unreadable or not JSON (damaged state is absent
     state: the step that writes it makes it again)."""
@@ -180,8 +178,6 @@ def read_json_or_none(path: str | os.PathLike) -> Any:
         return json.loads(Path(path).read_bytes())
     except (OSError, ValueError, RecursionError):
         return None
-
-
 
 
 @contextlib.contextmanager

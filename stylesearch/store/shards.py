@@ -59,8 +59,7 @@ class ShardMember:
 
     def read_bytes(self) -> bytes:
         """The member's bytes (KeyError: no such member; OSError: the shard changed under us)."""
-        stamp = self._stamp()
-        offset, size = shard_index(str(self.shard), *stamp)[self.member]
+        offset, size = shard_index(str(self.shard), *self._stamp())[self.member]
         with open(self.shard, "rb") as fh:
             fh.seek(offset)
             data = fh.read(size)
@@ -123,13 +122,14 @@ def _usable_members(tar: tarfile.TarFile, shard_size: int, report: ShardReport) 
             if not info.isfile():
                 continue
             limit = MAX_SIDECAR_BYTES if info.name.lower().endswith(SIDECARS) else MAX_MEMBER_BYTES
-            if info.issparse() or info.size > limit:  # refused by its declared size, never read
+            refused = info.issparse() or info.size > limit  # by its declared size: never read
+            if refused:
                 what = "a sparse member" if info.issparse() else f"over the {limit:,}-byte limit"
                 report.broken.append(f"member {info.name!r}: declares {info.size:,} bytes, {what}; skipped")
             if not info.issparse() and info.offset_data + info.size > shard_size:
                 report.damaged = f"member {info.name!r} declares {info.size:,} bytes but the shard ends first"
                 return
-            if not (info.issparse() or info.size > limit):
+            if not refused:
                 yield info
     except (EOFError, tarfile.TarError) as exc:
         report.damaged = f"damaged after the members read so far ({exc})"

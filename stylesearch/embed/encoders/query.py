@@ -212,25 +212,14 @@ class CachedQueryEncoder:
         return self.inner.encode_image(image)
 
 
-def query_encoder(paths: DatasetPaths, spec: ModelSpec, device: str = "auto", cache: bool = True) -> QueryEncoder:
-    """The encoder for text and image query terms of a dataset's model."""
+def query_encoder(paths: DatasetPaths, spec: ModelSpec, device: str = "auto", cache: bool = True,
+                  dim: int | None = None) -> QueryEncoder:
+    """The encoder for text and image query terms of a dataset's model; `dim` (the size of the dataset's
+    vectors, which the caller has read) lets the query cache refuse rows of another size."""
     from .onnx import load_export
 
     encoder: QueryEncoder = TorchQueryEncoder(spec, device)
     export = load_export(paths, spec.key) if device in ("auto", "cpu") else None
     if export is not None:
         encoder = OnnxQueryEncoder(export, encoder)
-    return CachedQueryEncoder(encoder, QueryCache(spec.key, dim=_model_dim(paths, spec.key))) if cache else encoder
-
-
-def _model_dim(paths: DatasetPaths, model_key: str) -> int | None:
-    """The size of the model's vectors in the dataset's catalog (what cached query vectors must have)."""
-    from ...errors import StyleSearchError
-    from ...store.catalog import open_catalog
-
-    try:
-        with open_catalog(paths, readonly=True) as catalog:
-            model = catalog.vectors.model(model_key)
-    except (StyleSearchError, sqlite3.Error):
-        return None
-    return int(model["dim"]) if model and model["dim"] else None
+    return CachedQueryEncoder(encoder, QueryCache(spec.key, dim=dim)) if cache else encoder

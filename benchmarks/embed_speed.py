@@ -1,16 +1,40 @@
-"""Embedding images/s per backend in the same run: torch, onnx and onnx-int8 (with its cosine agreement
-to fp32), for ViT-B-32 (random init: the same compute as pretrained weights) and the tiny model.
-The ONNX export is made once per model beforehand (its time is printed, not counted).
-Usage: python benchmarks/embed_speed.py [COUNT] [--device cuda] [--models A,B] [--backends torch,onnx,onnx-int8]"""
+"""Embedding images/s in one run, on COUNT generated 640x480 JPEGs, batches of --batch-size:
+
+- the model-only ceiling of each ONNX tower: the exported image tower (fp32, int8) in onnxruntime with
+  the session an embedding run uses, on batches resized and normalised beforehand (nothing else runs);
+  torch's too (the model's encode_image on the same batches);
+- each backend end to end (`embed_dataset`: decode, resize, model, catalog writes; an ONNX session is
+  made inside the timed run, as a user's run makes it, the torch model is loaded before it) and its
+  share of its own ceiling;
+- with --peers, clip-retrieval's `inference` on the same files (benchmarks/.venvs/clip-retrieval, made by
+  `python benchmarks/peers.py clip-retrieval`; the same architecture, random init, batch size and one
+  preprocessing worker per two cores, as stylesearch uses; its time is its whole `main()`, model load
+  and warm-up included).
+
+Models are random-init (`-p random`): the same compute as pretrained weights, which cannot be fetched
+here. The ONNX export is made once per model beforehand (its time is printed, not counted).
+
+Usage: python benchmarks/embed_speed.py [COUNT] [--models ViT-B-32] [--backends onnx,onnx-int8,torch]
+                                        [--batch-size 64] [--ceiling-batches 4] [--device cpu] [--peers]
+"""
+
+from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from peers import peer_bin
+from stylesearch.cores import available_cores, decode_workers
+from stylesearch.embed.encoders.onnx import load_export, session
+from stylesearch.embed.encoders.pixels import Preprocess, load_item
 from stylesearch.embed.export import export_onnx
 from stylesearch.embed.models import ModelSpec, load_model
 from stylesearch.embed.run import EmbedOptions, embed_dataset
@@ -19,26 +43,56 @@ from stylesearch.store.catalog import open_catalog
 from stylesearch.store.datasets import create_dataset
 from stylesearch.store.paths import dataset_paths
 
-parser = argparse.ArgumentParser()
-parser.add_argument("count", nargs="?", type=int, default=500)
-parser.add_argument("--device", default="cpu", help="torch's device (the onnx backends always run on the CPU)")
-parser.add_argument("--models", default="ViT-B-32,stylesearch-tiny")
-parser.add_argument("--backends", default="torch,onnx,onnx-int8")
-args = parser.parse_args()
+CLIP_RETRIEVAL = """
+import json, sys, time
+import open_clip
+made = open_clip.create_model_and_transforms
+def random_init(name, pretrained=None, **kwargs):  # no weights can be fetched: the same model, random init
+    kwargs.pop("cache_dir", None)
+    return made(name, pretrained=None, **kwargs)
+open_clip.create_model_and_transforms = random_init
+from clip_retrieval.clip_inference.main import main
+folder, out, model, batch, workers = sys.argv[1:6]
+start = time.perf_counter()
+main(input_dataset=folder, output_folder=out, input_format="files", clip_model="open_clip:" + model,
+     batch_size=int(batch), num_prepro_workers=int(workers), enable_text=False, enable_metadata=False, use_jit=False)
+print()  # its log leaves a line open
+print(json.dumps({"seconds": time.perf_counter() - start}))
+"""
 
-tmp = Path(tempfile.mkdtemp())
-images = tmp / "images"
-write_samples(images, args.count, size=(640, 480))
+
+def pixel_batches(files: list[Path], preprocess: Preprocess, batch: int) -> list[np.ndarray]:
+    pixels = [load_item(f, preprocess, preprocess)[0] for f in files]
+    return [np.stack(pixels[i:i + batch]) for i in range(0, len(pixels), batch)]
 
 
-def run(spec: ModelSpec, backend: str, model, export_from=None):
+def onnx_ceiling(path: Path, batches: list[np.ndarray]) -> float:
+    """Images/s of the tower alone (the first batch, also warming it up, is not counted)."""
+    run = session(path)
+    run.run(None, {"pixels": batches[0]})
+    start = time.perf_counter()
+    for batch in batches[1:]:
+        run.run(None, {"pixels": batch})
+    return sum(len(b) for b in batches[1:]) / (time.perf_counter() - start)
+
+
+def torch_ceiling(model, batches: list[np.ndarray]) -> float:
+    import torch
+
+    model.encode_images(torch.from_numpy(batches[0]))
+    start = time.perf_counter()
+    for batch in batches[1:]:
+        model.encode_images(torch.from_numpy(batch))
+    return sum(len(b) for b in batches[1:]) / (time.perf_counter() - start)
+
+
+def end_to_end(tmp: Path, images: Path, spec: ModelSpec, backend: str, model, export: Path, args) -> tuple:
     paths = dataset_paths(f"{spec.name.lower()}-{backend}", tmp)
     shutil.copytree(images, paths.images)
     create_dataset(paths)
-    if export_from is not None:
-        shutil.copytree(export_from, paths.onnx_dir(spec.key))
-    options = EmbedOptions(batch_size=64, device=args.device if backend == "torch" else "cpu", backend=backend,
-                           export_onnx=False)
+    shutil.copytree(export, paths.onnx_dir(spec.key))
+    options = EmbedOptions(batch_size=args.batch_size, device=args.device if backend == "torch" else "cpu",
+                           backend=backend, export_onnx=False)
     start = time.perf_counter()
     result = embed_dataset(paths, spec, options=options, model=model if backend == "torch" else None)
     elapsed = time.perf_counter() - start
@@ -47,27 +101,84 @@ def run(spec: ModelSpec, backend: str, model, export_from=None):
     return result, elapsed, vectors
 
 
-for name in args.models.split(","):
+def clip_retrieval(images: Path, tmp: Path, model: str, batch: int) -> float | None:
+    python = peer_bin("clip-retrieval")
+    if python is None:
+        return None
+    out = subprocess.run([str(python), "-c", CLIP_RETRIEVAL, str(images), str(tmp / "clip-retrieval"), model,
+                          str(batch), str(decode_workers())], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if out.returncode != 0:
+        print(f"  clip-retrieval failed:\n{out.stderr[-1500:]}")
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+
+
+def bench_model(name: str, tmp: Path, images: Path, files: list[Path], args) -> None:
     spec = ModelSpec(name, "random")
     model = load_model(spec, "cpu")
     source = dataset_paths(f"{name.lower()}-export", tmp)
     create_dataset(source)
     start = time.perf_counter()
     export_onnx(source, spec, model, towers=("image-int8",))
-    print(f"{name}: ONNX export of the image tower (+ int8) took {time.perf_counter() - start:.1f} s (once)")
+    print(f"{name}: ONNX export of the image tower (+ int8) took {time.perf_counter() - start:.1f} s (once); "
+          f"{available_cores()} cores, batches of {args.batch_size}", flush=True)
+    export = load_export(source, spec.key)
+    batches = pixel_batches(files[:args.batch_size * (args.ceiling_batches + 1)],
+                            Preprocess.from_config(export.stamp["towers"]["image"]["preprocess"]), args.batch_size)
+    backends = args.backends.split(",")
+    ceilings = {b: onnx_ceiling(export.path("image-int8" if b == "onnx-int8" else "image"), batches)
+                for b in backends if b.startswith("onnx")}
+    if "torch" in backends:
+        ceilings["torch"] = torch_ceiling(model, batches)
+    for backend, rate in ceilings.items():
+        print(f"  ceiling {backend:10s} model only: {rate:6.2f} images/s", flush=True)
     if args.device != "cpu":
         model = load_model(spec, args.device)
-    baseline, vectors = None, {}
-    for backend in args.backends.split(","):
-        result, elapsed, vectors[backend] = run(spec, backend, model, source.onnx_dir(spec.key))
-        rate = result.embedded / elapsed
-        baseline = baseline or rate
+    vectors, rates = {}, {}
+    for backend in backends:
+        result, elapsed, vectors[backend] = end_to_end(tmp, images, spec, backend, model,
+                                                       source.onnx_dir(spec.key), args)
+        rates[backend] = result.embedded / elapsed
         extra = ""
-        if "torch" in vectors and backend != "torch":
-            cos = np.sum(vectors[backend] * vectors["torch"], axis=1)
-            extra = f"; cosine to torch mean {cos.mean():.5f} min {cos.min():.5f}"
         if "int8_cosine_mean" in result.backend:
-            extra += f"; int8 vs fp32 (reported) mean {result.backend['int8_cosine_mean']:.5f}"
-        print(f"  {backend:10s} on {result.device}: {result.embedded} images in {elapsed:.1f} s = {rate:.1f} images/s "
-              f"({rate / baseline:.2f}x {args.backends.split(',')[0]}){extra}", flush=True)
-shutil.rmtree(tmp)
+            extra = f"; int8 vs fp32 cosine mean {result.backend['int8_cosine_mean']:.5f}"
+        print(f"  end to end {backend:10s} on {result.device}: {result.embedded} images in {elapsed:.1f} s = "
+              f"{rates[backend]:6.2f} images/s = {rates[backend] / ceilings[backend]:.2f} of its ceiling{extra}",
+              flush=True)
+    if args.peers and peer_bin("clip-retrieval") is None:
+        print("  clip-retrieval: not installed (python benchmarks/peers.py clip-retrieval)")
+    elif args.peers:
+        seconds = clip_retrieval(images, tmp, name, args.batch_size)
+        if seconds is None:
+            return
+        peer = len(files) / seconds
+        print(f"  clip-retrieval inference (torch): {len(files)} images in {seconds:.1f} s = {peer:6.2f} images/s")
+        for backend, rate in rates.items():
+            print(f"  {backend} / clip-retrieval: {rate / peer:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("count", nargs="?", type=int, default=1000)
+    parser.add_argument("--models", default="ViT-B-32")
+    parser.add_argument("--backends", default="onnx,onnx-int8,torch")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--ceiling-batches", type=int, default=4, help="timed batches per model-only ceiling "
+                        "(after one warm-up batch)")
+    parser.add_argument("--device", default="cpu", help="torch's device (the onnx backends always run on the CPU)")
+    parser.add_argument("--peers", action="store_true", help="also run clip-retrieval inference (benchmarks/.venvs)")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        images = tmp / "images"
+        write_samples(images, args.count, size=(640, 480))
+        files = sorted(p for p in images.rglob("*") if p.is_file())
+        for name in args.models.split(","):
+            bench_model(name, tmp, images, files, args)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -136,12 +136,27 @@ class Dataset:
 
     def embed(self, model: str | None = None, pretrained: str | None = None, *, files: Sequence[str] | None = None,
               backend: str = "auto", device: str = "auto", batch_size: int = 32, progress=None):
-        """Embed new and changed images (or just `files`); returns the run's counts (embed.run.EmbedResult)."""
+        """Embed new and changed images (or just `files`), then give new items the saved attribute heads'
+        predictions; returns the run's counts (embed.run.EmbedResult)."""
         from .embed.run import EmbedOptions, embed_dataset
+        from .pipeline import predict_attributes
 
         options = EmbedOptions(backend=backend, device=device, batch_size=batch_size)
         chosen = [Path(f) for f in files] if files is not None else None
-        return embed_dataset(self.paths, self.spec(model, pretrained, embedded_only=False), chosen, options, progress)
+        spec = self.spec(model, pretrained, embedded_only=False)
+        result = embed_dataset(self.paths, spec, chosen, options, progress)
+        predict_attributes(self.paths, spec.key)
+        return result
+
+    def learn(self, *fields: str, refit: bool = False, seed: int = 0, model: str | None = None,
+              pretrained: str | None = None) -> dict[str, dict]:
+        """Learn metadata fields from the items that have them (as `tag --learn`): writes FIELD_pred and
+        FIELD_prob for every item; returns each field's report (held-out accuracy and 95% interval beside
+        the majority baseline, expected calibration error, confusions)."""
+        from .learn.attributes import learn_fields
+        from .learn.heads import HeadOptions
+
+        return learn_fields(self.paths, self.spec(model, pretrained).key, list(fields), refit, HeadOptions(seed=seed))
 
     def index(self, kind: str = "auto", *, model: str | None = None, pretrained: str | None = None,
               full: bool = False, raw: bool = False, progress=None) -> IndexInfo:
@@ -179,13 +194,14 @@ class Dataset:
             return record_judgment(self.paths, catalog, str(anchor), str(left), str(right), choice, key, "python")
 
     def train(self, kind: str = "diagonal", *, rank: int = 64, seed: int = 0, model: str | None = None,
-              pretrained: str | None = None, progress=None) -> TrainReport:
-        """Learn a metric from the dataset's judgments and rebuild an existing index in its space."""
+              pretrained: str | None = None, force: bool = False, progress=None) -> TrainReport:
+        """Learn a metric from the dataset's judgments; save it when its held-out agreement reliably beats the
+        raw embedding (or with `force`; `meta["saved"]` says which), then rebuild an existing index in its space."""
         from .learn.train import TrainOptions
         from .pipeline import train_and_reindex
 
         meta = train_and_reindex(self.paths, self.spec(model, pretrained).key,
-                                 TrainOptions(kind=kind, rank=rank, seed=seed), progress)
+                                 TrainOptions(kind=kind, rank=rank, seed=seed), progress, force)
         return TrainReport(meta["kind"], meta["judgments_used"], meta["agreement_before"], meta["agreement_after"],
                            tuple(meta["agreement_ci"]), _index_info(meta["index"]) if "index" in meta else None,
                            meta)
@@ -204,11 +220,7 @@ class Dataset:
         return [MapPoint(r["id"], r["path"], r["x"], r["y"], r["meta"]) for r in rows]
 
     def _hits(self, rows: list[dict]) -> list[Hit]:
-        from .store.catalog import open_catalog
-
-        with open_catalog(self.paths, readonly=True) as catalog:
-            captions = {r["id"]: catalog.item(str(r["id"])).caption for r in rows}
-        return [Hit(r["rank"], r["id"], r["score"], r["path"], r["file"], captions[r["id"]], r.get("group"),
+        return [Hit(r["rank"], r["id"], r["score"], r["path"], r["file"], r.get("caption"), r.get("group"),
                     r.get("meta", {}), r.get("dataset", self.name)) for r in rows]
 
 

@@ -65,5 +65,9 @@ class PathRefused(UserError):
     """A path that would leave the dataset folder (a hostile catalog row, manifest entry or link)."""
 
 
+class PortBusy(StyleSearchError):
+    """The server's address and port cannot be listened on (in use, or not this machine's)."""
+
+
 class DiskFull(StyleSearchError):
     """A write failed for lack of space; the previous state of the file is kept."""

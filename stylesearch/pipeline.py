@@ -8,10 +8,11 @@ from .index.build import build_index
 from .index.load import index_meta
 from .ingest.samples import write_samples
 from .ingest.transform import TransformOptions, transform_dataset
+from .learn.attributes import apply_heads
 from .learn.train import TrainOptions, train_metric
 from .maps.atlas import AtlasOptions, build_atlas
 from .maps.projection import UmapOptions, project_dataset, render_map
-from .progress import Progress
+from .progress import Progress, step
 from .query.search import SearchRequest, Term, search
 from .store.datasets import create_dataset
 from .store.files import writer_lock
@@ -32,8 +33,25 @@ def reindex(paths: DatasetPaths, spec: ModelSpec, kind: str | None = None, optio
         embedded = embed_dataset(paths, spec, options=options, progress=progress, lock=False)
         kind = kind or (index_meta(paths, spec.key) or {}).get("kind", "auto")
         meta = build_index(paths, spec.key, kind, progress=progress, lock=False)
+        predicted = apply_heads(paths, spec.key, lock=False)
     return {**embedded.as_dict(), "index_kind": meta["kind"], "index_count": meta["count"],
-            "index_mode": meta["mode"], "warnings": embedded.warnings}
+            "index_mode": meta["mode"], **_predictions(predicted), "warnings": embedded.warnings}
+
+
+def predict_attributes(paths: DatasetPaths, model_key: str) -> dict:
+    """After embedding: the saved attribute heads' predictions for new items (learn.attributes.apply_heads),
+    under the writer lock; {} when the model has no heads."""
+    if not paths.head_fields(model_key):
+        return {}
+    return _predictions(apply_heads(paths, model_key))
+
+
+def _predictions(applied: dict) -> dict:
+    """Summary fields of apply_heads: items given predictions per field, and heads left stale by a new metric."""
+    if not applied:
+        return {}
+    return {"predicted": {f: r["written"] for f, r in applied.items()},
+            "stale_heads": [f for f, r in applied.items() if r["stale"]]}
 
 
 def mend_emptied_catalog(paths: DatasetPaths, wait: float = 0.0) -> bool:
@@ -50,12 +68,13 @@ def mend_emptied_catalog(paths: DatasetPaths, wait: float = 0.0) -> bool:
 
 
 def train_and_reindex(paths: DatasetPaths, model_key: str, options: TrainOptions = TrainOptions(),
-                      progress: Progress | None = None) -> dict:
-    """Train the metric, then rebuild the index in its space when there is one (searches stay exact
-    and fast); returns the training report with the index's metadata under `index`."""
+                      progress: Progress | None = None, force: bool = False) -> dict:
+    """Train the metric, then rebuild the index in its space when there is one and the metric was saved
+    (see learn.train.train_metric); returns the training report with the index's metadata under `index`."""
     with writer_lock(paths):
-        report = train_metric(paths, model_key, options)
-        if paths.index_sidecar(model_key).exists():  # a damaged one is rebuilt too (auto kind)
+        with step(progress, "fitting the metric (cross-validated)"):
+            report = train_metric(paths, model_key, options, force)
+        if report["saved"] and paths.index_sidecar(model_key).exists():  # a damaged one is rebuilt too (auto kind)
             kind = (index_meta(paths, model_key) or {}).get("kind", "auto")
             report["index"] = build_index(paths, model_key, kind, progress=progress, lock=False)
     return report

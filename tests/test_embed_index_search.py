@@ -163,7 +163,7 @@ def test_query_arithmetic_moves_results(embedded, tiny_spec):
         s.close()
 
 
-def test_search_cli_formats_and_image_query(cli, embedded, tiny_weights):
+def test_search_cli_formats_and_image_query(cli, embedded, tiny_weights, tiny_spec):
     cli.env["STYLESEARCH_HOME"] = str(embedded.home.parent)
     tsv = cli("search", "shared", "--like", "warm/stripes-0000.jpg", "-k", "3", "--format", "tsv").stdout
     golden = os.path.join(GOLDEN, "search_like.tsv")
@@ -184,7 +184,12 @@ def test_search_cli_formats_and_image_query(cli, embedded, tiny_weights):
         "-m", TINY).stdout.splitlines()]
     assert rows[0]["file"] == str(img.absolute()) and rows[0]["score"] > 0.999
     neg = cli("search", "shared", "-k", "2", "--format", "json", "--", "like:1", "-like:2").stdout
-    assert len(json.loads(neg)) == 2
+    with open_catalog(embedded) as cat:
+        ids, vectors = cat.vectors.load(tiny_spec.key)
+    by_id = dict(zip(ids.tolist(), vectors))
+    query = by_id[1] - by_id[2]  # the negative term is subtracted, not added
+    order = [int(ids[i]) for i in np.argsort(-(vectors @ query)) if ids[i] not in (1, 2)]
+    assert [r["id"] for r in json.loads(neg)] == order[:2]
 
 
 def test_reindex_embeds_and_indexes_quietly(cli, root, tiny_weights):

@@ -63,6 +63,7 @@ def test_transform_is_incremental_and_skips_corrupt(tmp_path):
 def test_transform_cli_json(cli, root):
     make_dataset(root, "tcli", 4)
     out = cli.json("transform", "tcli", "--max-side", "40", "--json")
+    assert [step["step"] for step in out.pop("steps")] == ["thumbnails"]  # each step's seconds (issue 24)
     assert out == {"made": 4, "up_to_date": 0, "failed": 0}
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import typer
 
 from ..choices import ATLAS_ORDERS
-from .common import STATE, choice_enum, make_progress, summary
+from .common import STATE, choice_enum, dataset_argument, make_progress, summary
 
 AtlasOrder = choice_enum("AtlasOrder", ATLAS_ORDERS)
 
 
 def atlas(
-    dataset: str = typer.Argument(..., help="Dataset name."),
+    dataset: str = dataset_argument(),
     tile: int = typer.Option(64, "--tile", min=4, help="Tile size in pixels."),
     padding: int = typer.Option(2, "--padding", min=0),
     max_size: int = typer.Option(4096, "--max-size", help="Largest page side; more pages when exceeded."),
@@ -23,10 +23,11 @@ def atlas(
     from ..store.paths import existing_dataset
 
     paths = existing_dataset(dataset, STATE.root)
-    manifest = build_atlas(paths, AtlasOptions(tile, padding, max_size, order.value), make_progress())
+    progress = make_progress()
+    manifest = build_atlas(paths, AtlasOptions(tile, padding, max_size, order.value), progress)
     result = {"pages": len(manifest["pages"]), "items": manifest["count"], "skipped": len(manifest["skipped"]),
               "manifest": str(paths.atlas_manifest)}
-    summary(result, as_json, "atlas")
+    summary(result, as_json, "atlas", progress)
 
 
 def register(app: typer.Typer) -> None:

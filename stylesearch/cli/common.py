@@ -36,11 +36,23 @@ PRETRAINED_HELP = ("Pretrained tag (e.g. laion2b_s34b_b79k), a local weights fil
 
 
 def model_option():
-    return typer.Option(None, "--model", "-m", help=MODEL_HELP, show_default=False)
+    from .completion import complete_models
+
+    return typer.Option(None, "--model", "-m", help=MODEL_HELP, show_default=False, autocompletion=complete_models)
 
 
 def pretrained_option():
-    return typer.Option(None, "--pretrained", "-p", help=PRETRAINED_HELP, show_default=False)
+    from .completion import complete_pretrained
+
+    return typer.Option(None, "--pretrained", "-p", help=PRETRAINED_HELP, show_default=False,
+                        autocompletion=complete_pretrained)
+
+
+def dataset_argument(help: str = "Dataset name."):
+    """The DATASET argument, completed with the names of the datasets under the root."""
+    from .completion import complete_datasets
+
+    return typer.Argument(..., help=help, autocompletion=complete_datasets)
 
 
 def choose_model(paths, model: Optional[str], pretrained: Optional[str], embedded_only: bool = True):
@@ -113,8 +125,15 @@ class RichProgress:
 
     def __init__(self) -> None:
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            ProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
         from rich.text import Text
 
         class Rate(ProgressColumn):
@@ -126,7 +145,7 @@ class RichProgress:
 
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn(),
-            console=Console(file=sys.stderr), transient=True,
+            TimeElapsedColumn(), console=Console(file=sys.stderr), transient=True,
         )
         self._task = None
 
@@ -143,20 +162,30 @@ class RichProgress:
 
     def finish(self) -> None:
         if self._task is not None:
+            self._progress.remove_task(self._task)  # a later start() shows only its own step
             self._progress.stop()
             self._task = None
 
 
 def make_progress(quiet: bool = False):
-    """A rich progress bar when stderr is a TTY and not quiet; otherwise None (no output)."""
-    if quiet or not sys.stderr.isatty():
-        return None
-    return RichProgress()
+    """Every step's seconds (progress.StepTimes, for --json) shown as a bar or status line when stderr is a
+    terminal, as one stderr line per step with --verbose elsewhere, else not at all."""
+    from ..progress import LineProgress, StepTimes
+
+    if quiet:
+        return StepTimes()
+    if sys.stderr.isatty():
+        return StepTimes(RichProgress())
+    return StepTimes(LineProgress(sys.stderr, "stylesearch: ") if STATE.verbose else None)
 
 
-def summary(result: dict, as_json: bool, title: str) -> None:
-    """Summary of a run: JSON on stdout with --json, else a short line on stderr."""
+def summary(result: dict, as_json: bool, title: str, progress=None) -> None:
+    """Summary of a run: JSON on stdout with --json (with `steps`, each step's name and seconds in order,
+    when `progress` timed them), else a short line on stderr."""
     if as_json:
+        steps = getattr(progress, "seconds", None)
+        if steps is not None:
+            result = {**result, "steps": [{"step": name, "seconds": sec} for name, sec in steps.items()]}
         print_json(result)
         return
     parts = ", ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, (list, dict)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from .common import STATE, emit_rows, log, print_json
+from .common import STATE, dataset_argument, emit_rows, log, print_json
 
 
 def datasets(
@@ -26,7 +26,7 @@ def datasets(
 
 
 def info(
-    dataset: str = typer.Argument(..., help="Dataset name."),
+    dataset: str = dataset_argument(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show a dataset's paths, item counts, models, index, labels and learned weights."""
@@ -59,7 +59,19 @@ def _print_info(data: dict) -> None:
         if metric:
             lines.append(f"  weights trained on {metric['train_triplets']} triplets, held-out agreement "
                          f"{metric['agreement_before']:.3f} -> {metric['agreement_after']:.3f}")
+        for name, head in (model.get("heads") or {}).items():
+            lines.append(f"  head    {name}: {_head_line(head)}")
     print("\n".join(lines))
+
+
+def _head_line(head) -> str:
+    """One line about a learned attribute head (its description may be missing or damaged)."""
+    report = head.get("report") if isinstance(head, dict) else None
+    if not isinstance(report, dict):
+        return "description missing or damaged (learn it again with --refit)"
+    return (f"{len(report.get('classes', {}))} classes from {report.get('labelled')} labelled items, held-out "
+            f"accuracy {report.get('accuracy')} (majority {report.get('majority_accuracy')}), ECE {report.get('ece')}, "
+            f"trained {head.get('trained_at')}")
 
 
 def register(app: typer.Typer) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from .common import STATE, emit_rows, log, make_progress, print_json
+from .common import STATE, emit_rows, log, make_progress, summary
 
 
 def demo(
@@ -18,9 +18,10 @@ def demo(
     from ..store.paths import dataset_paths
 
     paths = dataset_paths(dataset, STATE.root)
-    report = run_demo(paths, count, progress=make_progress(), map_png=not no_map)
+    progress = make_progress()
+    report = run_demo(paths, count, progress=progress, map_png=not no_map)
     if as_json:
-        print_json(report)
+        summary(report, True, "demo", progress)
         return
     if not report["pretrained_weights"]:
         log("note: pretrained CLIP weights are not cached here, so the demo used a small randomly initialised "

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from ..choices import EMBED_BACKENDS, EMBED_ENGINES, INDEX_KINDS, PRECISIONS
-from .common import (STATE, choice_enum, choose_model, log, make_progress, model_option, pretrained_option, summary,
-                     warn_list)
+from .common import (STATE, choice_enum, choose_model, dataset_argument, log, make_progress, model_option,
+                     pretrained_option, summary, warn_list)
 
 Kind = choice_enum("Kind", INDEX_KINDS)
 Precision = choice_enum("Precision", PRECISIONS)
@@ -24,7 +24,7 @@ def _read_stdin_paths() -> list[Path]:
 
 
 def embed(
-    dataset: str = typer.Argument(..., help="Dataset name."),
+    dataset: str = dataset_argument(),
     source: Optional[str] = typer.Argument(None, help="'-' to read image paths from stdin instead of scanning."),
     model: Optional[str] = model_option(),
     pretrained: Optional[str] = pretrained_option(),
@@ -43,16 +43,23 @@ def embed(
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     precision: Precision = typer.Option("auto", "--precision", help="Autocast on GPU (auto=bf16/fp16)."),
     float16: bool = typer.Option(False, "--float16", help="Store vectors as float16 (half the space)."),
-    create: bool = typer.Option(False, "--create", help="Create the dataset if it does not exist."),
+    create: bool = typer.Option(False, "--create", help="Create the dataset if it does not exist (an existing "
+                                "images/ folder of a name without a dataset is adopted without it)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Embed new and changed images (cached: unchanged files are never embedded twice)."""
     from ..embed.run import EmbedOptions, embed_dataset
+    from ..store.datasets import adoptable_images
     from ..store.paths import dataset_paths, existing_dataset
 
     if source not in (None, "-"):
         raise typer.BadParameter("SOURCE must be '-' (paths on stdin) or left out.")
-    paths = dataset_paths(dataset, STATE.root) if create else existing_dataset(dataset, STATE.root)
+    paths = dataset_paths(dataset, STATE.root)
+    if not create and adoptable_images(paths):
+        log(f"embed: adopting the images in {paths.images} as the new dataset {dataset!r}")
+        create = True
+    elif not create:
+        existing_dataset(dataset, STATE.root)
     _mend(paths)
     files = _read_stdin_paths() if source == "-" else None
     options = EmbedOptions(backend=backend.value, batch_size=batch_size, workers=workers, device=device,
@@ -60,13 +67,16 @@ def embed(
                            engine=engine.value, ray_address=address, ray_workers=num_workers,
                            ray_gpus=gpus_per_worker, export_onnx=not no_onnx_export)
     spec = choose_model(paths, model, pretrained, embedded_only=False)
-    result = embed_dataset(paths, spec, files, options, make_progress(), create=create)
+    progress = make_progress()
+    result = embed_dataset(paths, spec, files, options, progress, create=create)
     warn_list(result.warnings)
-    summary(result.as_dict(), as_json, "embed")
+    from ..pipeline import predict_attributes
+
+    summary({**result.as_dict(), **predict_attributes(paths, spec.key)}, as_json, "embed", progress)
 
 
 def index(
-    dataset: str = typer.Argument(..., help="Dataset name."),
+    dataset: str = dataset_argument(),
     kind: Kind = typer.Option("auto", "--kind", help="Index kind; auto picks by collection size."),
     model: Optional[str] = model_option(),
     pretrained: Optional[str] = pretrained_option(),
@@ -81,19 +91,22 @@ def index(
     from ..index.build import build_index
     from ..index.load import check_recall as recall
     from ..index.plan import parse_bytes
+    from ..progress import step
     from ..store.paths import existing_dataset
 
     paths = existing_dataset(dataset, STATE.root)
     key = choose_model(paths, model, pretrained).key
     cap = parse_bytes(max_memory) if max_memory else None
-    meta = build_index(paths, key, kind.value, full, make_progress(), raw=raw, max_memory=cap)
+    progress = make_progress()
+    meta = build_index(paths, key, kind.value, full, progress, raw=raw, max_memory=cap)
     if check_recall:
-        meta["recall_at_10"] = round(recall(paths, key), 4)
-    summary(meta, as_json, "index")
+        with step(progress, "checking recall@10 against exact search"):
+            meta["recall_at_10"] = round(recall(paths, key), 4)
+    summary(meta, as_json, "index", progress)
 
 
 def reindex(
-    dataset: str = typer.Argument(..., help="Dataset name."),
+    dataset: str = dataset_argument(),
     model: Optional[str] = model_option(),
     pretrained: Optional[str] = pretrained_option(),
     kind: Optional[Kind] = typer.Option(None, "--kind", help="Index kind (default: the existing index's, else auto)."),
@@ -109,12 +122,13 @@ def reindex(
     paths = existing_dataset(dataset, STATE.root)
     _mend(paths, wait)
     spec = choose_model(paths, model, pretrained, embedded_only=False)
-    result = run_reindex(paths, spec, kind.value if kind else None, EmbedOptions(device=device), wait)
+    progress = make_progress(quiet=not STATE.verbose)
+    result = run_reindex(paths, spec, kind.value if kind else None, EmbedOptions(device=device), wait, progress)
     warnings = result.pop("warnings")
     if STATE.verbose:
         warn_list(warnings)
     if as_json or STATE.verbose:
-        summary(result, as_json, "reindex")
+        summary(result, as_json, "reindex", progress)
 
 
 def _mend(paths, wait: float = 0.0) -> None:

@@ -7,14 +7,14 @@ from typing import Optional
 import typer
 
 from ..choices import LIST_FORMATS, THUMB_FORMATS
-from .common import STATE, choice_enum, log, make_progress, summary, warn_list
+from .common import STATE, choice_enum, dataset_argument, log, make_progress, summary, warn_list
 
 ListFormat = choice_enum("ListFormat", LIST_FORMATS)
 ThumbFormat = choice_enum("ThumbFormat", list(THUMB_FORMATS))
 
 
 def download(
-    dataset: str = typer.Argument(..., help="Dataset name (created if missing)."),
+    dataset: str = dataset_argument("Dataset name (created if missing)."),
     source: Optional[str] = typer.Argument(None, help="URL list file (txt/csv/tsv/jsonl) or '-' for stdin."),
     list_format: Optional[ListFormat] = typer.Option(None, "--list-format", help="Override format detection."),
     sample: Optional[str] = typer.Option(None, "--sample", help="Sample source instead of a list: picsum."),
@@ -42,16 +42,17 @@ def download(
         entries, malformed = read_source(source, list_format.value if list_format else None)
     options = DownloadOptions(workers=workers, per_host=per_host, host_delay=host_delay, retries=retries,
                               timeout=timeout, min_side=min_side, retry_failed=retry_failed)
-    result = run_download(dataset_paths(dataset, STATE.root), entries, options, make_progress(), malformed)
+    progress = make_progress()
+    result = run_download(dataset_paths(dataset, STATE.root), entries, options, progress, malformed)
     warn_list(result.warnings)
-    summary(result.as_dict(), as_json, "download")
+    summary(result.as_dict(), as_json, "download", progress)
     if result.failed and not (result.ok or result.duplicates or result.skipped_done):
         log(f"error: all {result.failed} downloads failed")
         raise typer.Exit(1)
 
 
 def transform(
-    dataset: str = typer.Argument(..., help="Dataset name."),
+    dataset: str = dataset_argument(),
     max_side: int = typer.Option(336, "--max-side", help="Longest side of a thumbnail in pixels."),
     fmt: ThumbFormat = typer.Option("jpeg", "--format", help="Thumbnail file format."),
     quality: int = typer.Option(85, "--quality", min=1, max=100),
@@ -64,9 +65,10 @@ def transform(
     from ..store.paths import existing_dataset
 
     paths = existing_dataset(dataset, STATE.root)
-    result = transform_dataset(paths, TransformOptions(max_side, fmt.value, quality, workers, force), make_progress())
+    progress = make_progress()
+    result = transform_dataset(paths, TransformOptions(max_side, fmt.value, quality, workers, force), progress)
     warn_list(result.warnings)
-    summary(result.as_dict(), as_json, "transform")
+    summary(result.as_dict(), as_json, "transform", progress)
 
 
 def register(app: typer.Typer) -> None:

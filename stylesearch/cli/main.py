@@ -14,8 +14,8 @@ import typer
 from typer.core import TyperGroup
 
 from ..errors import DiskFull, StyleSearchError
-from . import (atlas_cmd, datasets_cmd, demo_cmd, embed_cmd, ingest_cmd, learn_cmd, meta_cmd, onnx_cmd, projection_cmd,
-               search_cmd, serve_cmd)
+from . import (atlas_cmd, datasets_cmd, demo_cmd, embed_cmd, import_cmd, ingest_cmd, learn_cmd, meta_cmd, onnx_cmd,
+               projection_cmd, search_cmd, serve_cmd)
 from .common import STATE
 from .errors import render_error
 
@@ -74,7 +74,7 @@ def _global(
     STATE.verbose = verbose
 
 
-for module in (datasets_cmd, demo_cmd, ingest_cmd, meta_cmd, atlas_cmd, embed_cmd, search_cmd, learn_cmd,
+for module in (datasets_cmd, demo_cmd, ingest_cmd, import_cmd, meta_cmd, atlas_cmd, embed_cmd, search_cmd, learn_cmd,
                projection_cmd, onnx_cmd, serve_cmd):
     module.register(app)
 

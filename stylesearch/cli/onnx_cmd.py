@@ -6,11 +6,11 @@ from typing import Optional
 
 import typer
 
-from .common import STATE, choose_model, log, model_option, pretrained_option, summary, warn_list
+from .common import STATE, choose_model, dataset_argument, log, model_option, pretrained_option, summary, warn_list
 
 
 def export_onnx(
-    dataset: str = typer.Argument(..., help="Dataset name."),
+    dataset: str = dataset_argument(),
     model: Optional[str] = model_option(),
     pretrained: Optional[str] = pretrained_option(),
     image: bool = typer.Option(True, "--image/--no-image",

@@ -9,13 +9,14 @@ from typing import Optional
 import typer
 
 from ..choices import COORD_FORMATS
-from .common import STATE, choice_enum, choose_model, log, make_progress, model_option, pretrained_option
+from .common import (STATE, choice_enum, choose_model, dataset_argument, log, make_progress, model_option,
+                     pretrained_option)
 
 CoordFormat = choice_enum("CoordFormat", COORD_FORMATS)
 
 
 def umap_export(
-    dataset: str = typer.Argument(..., help="Dataset name."),
+    dataset: str = dataset_argument(),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Coordinates file (default: stdout)."),
     fmt: Optional[CoordFormat] = typer.Option(None, "--format", help="csv, json or parquet (default: by suffix)."),
     png: Optional[Path] = typer.Option(None, "--png", help="Also draw a thumbnail map of the collection."),

@@ -8,6 +8,7 @@ import typer
 from typer.core import TyperCommand
 
 from .common import STATE, OutputFormat, choose_model, emit_rows, model_option, pretrained_option
+from .completion import complete_datasets
 
 TERMS_HELP = ("Query terms: text, or [+|-][WEIGHT*][text:|image:|like:]VALUE, e.g. \"red dress\" -blue "
               "0.5*image:ref.jpg. A term starting with '-' works unless it is exactly a short option "
@@ -53,10 +54,12 @@ class TermsCommand(TyperCommand):
 
 
 def search(
-    dataset: Optional[str] = typer.Argument(None, help="Dataset name (with --dataset/--all: the first term)."),
+    dataset: Optional[str] = typer.Argument(None, help="Dataset name (with --dataset/--all: the first term).",
+                                            autocompletion=complete_datasets),
     terms: Optional[List[str]] = typer.Argument(None, help=TERMS_HELP, show_default=False),
     image: Optional[List[str]] = typer.Option(None, "--image", "-i", help="Query image file or URL (repeatable)."),
-    like: Optional[List[str]] = typer.Option(None, "--like", "-l", help="Item id or path to find similar to."),
+    like: Optional[List[str]] = typer.Option(None, "--like", "-l", help="Item to find similar to: its id, path, file "
+                                             "name without extension, or source URL."),
     k: int = typer.Option(10, "-k", "--top", min=1, help="Number of results."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop results scoring below this."),
     raw: bool = typer.Option(False, "--raw", help="Ignore the learned metric."),
@@ -70,7 +73,7 @@ def search(
         "\"FIELD not in (A,B)\", \"FIELD exists\". FIELD is metadata, or the item's own width, height, path, "
         "group or caption; meta.FIELD always names metadata (e.g. meta.id, meta.width: as results show it).")),
     group: bool = typer.Option(False, "--group", help="One result per group (the best image of each product)."),
-    datasets: Optional[List[str]] = typer.Option(None, "--dataset", "-d",
+    datasets: Optional[List[str]] = typer.Option(None, "--dataset", "-d", autocompletion=complete_datasets,
                                                  help="Search these datasets together (repeatable); then every "
                                                       "positional word is a term."),
     all_datasets: bool = typer.Option(False, "--all", help="Search every dataset embedded with the same model."),
@@ -105,6 +108,7 @@ def search(
 def _emit(rows: list[dict], many: bool, fmt, title: str, parsed) -> None:
     """The one way results are printed, whether searched here or by a server."""
     columns = ["rank", "score", "dataset", "id", "path"] if many else ["rank", "score", "id", "path"]
+    columns += ["caption"] if any(row.get("caption") for row in rows) else []  # json/jsonl: always a field
     shown = flatten_meta(rows) if fmt.value in ("table", "tsv") else rows
     emit_rows(shown, columns + meta_columns(rows), fmt, title=f"{title}: {describe_terms(parsed)}", path_key="file")
 

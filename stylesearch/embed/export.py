@@ -66,13 +66,16 @@ def export_onnx(paths, spec, model=None, towers=("text",), force: bool = False, 
             "seconds": round(time.perf_counter() - start, 2), **_sizes(stamp)}
 
 
-def export_text_after_embedding(paths, spec, model) -> str | None:
+def export_text_after_embedding(paths, spec, model, progress=None) -> str | None:
     """Export the text tower once, with the model an embedding run loaded; a warning line if that fails."""
+    from ..progress import step
+
     export = load_export(paths, spec.key)
     if export is not None and export.tower("text") is not None:
         return None
     try:
-        export_onnx(paths, spec, model, towers=("text",), lock=False, required=("text",))
+        with step(progress, "exporting the text tower to ONNX (once per model)"):
+            export_onnx(paths, spec, model, towers=("text",), lock=False, required=("text",))
     except Unsupported:
         return None  # e.g. a Hugging Face tokenizer: text queries use torch, as before
     except StyleSearchError as exc:

@@ -25,6 +25,12 @@ DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 # Preferred weights of well-known architectures; other models take open_clip's first listed tag.
 PREFERRED_TAGS = {DEFAULT_MODEL: DEFAULT_PRETRAINED, "ViT-B-16": "laion2b_s34b_b88k",
                   "ViT-L-14": "laion2b_s32b_b82k", "ViT-H-14": "laion2b_s32b_b79k"}
+# The Hugging Face repos of those weights (as in open_clip's pretrained table: a test compares), so that
+# weights missing offline are reported before torch and open_clip are imported.
+PREFERRED_HUB = {DEFAULT_MODEL: "laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
+                 "ViT-B-16": "laion/CLIP-ViT-B-16-laion2B-s34B-b88K",
+                 "ViT-L-14": "laion/CLIP-ViT-L-14-laion2B-s32B-b82K",
+                 "ViT-H-14": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"}
 RANDOM = "random"  # explicit random init (demo / tests); deterministic seed
 SCHEMAS = ("hf-hub:", "local-dir:")  # model names that carry their own weights
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -34,7 +40,8 @@ _FIX_HINT = (
     "weights land in the Hugging Face cache ($HF_HOME, default ~/.cache/huggingface), then copy that "
     "cache here and set HF_HUB_OFFLINE=1; (2) download the checkpoint file yourself and give its path "
     "(open_clip_model.safetensors, .bin or .pt) as the pretrained weights; (3) choose a model and "
-    "pretrained tag that are already cached."
+    "pretrained tag that are already cached; (4) to try the pipeline without weights, use the pretrained "
+    "tag 'random' (a randomly initialised model: results are not meaningful)."
 )
 
 
@@ -145,20 +152,66 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
+HUB_PROBE_SECONDS = 1.5  # how long to wait for the Hub before calling this machine offline
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face Hub cannot be reached now (None when it can): HF_HUB_OFFLINE, or no
+    connection to its host within HUB_PROBE_SECONDS (name lookup included), instead of the long
+    retries of a download on an offline machine."""
+    if _offline():
+        return "HF_HUB_OFFLINE is set"
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as Timeout
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    address = (url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443))
+    pool = ThreadPoolExecutor(1)
+    try:
+        pool.submit(lambda: socket.create_connection(address, timeout=HUB_PROBE_SECONDS).close()).result(
+            HUB_PROBE_SECONDS)
+        return None
+    except Timeout:
+        return f"{address[0]} did not answer within {HUB_PROBE_SECONDS:g} s"
+    except OSError as exc:
+        return f"{address[0]} cannot be reached ({exc.strerror or exc})"
+    finally:
+        pool.shutdown(wait=False)
+
+
+def hub_cache_dir(cache_dir: str | None = None) -> str:
+    from huggingface_hub import constants
+
+    return str(cache_dir or constants.HF_HUB_CACHE)
+
+
 def _hub_file(repo_id: str, filenames: list[str], cache_dir: str | None = None,
-              allow_download: bool = True) -> str | None:
-    """First of `filenames` found in the HF cache, else downloaded (unless offline); None if neither."""
+              allow_download: bool = True) -> tuple[str | None, str]:
+    """(path, "") of the first of `filenames` in the HF cache, else downloaded when the Hub is
+    reachable; (None, why) when neither: which files are missing where, and why none was fetched."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in filenames:
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir)
+        if isinstance(found, str) and os.path.isfile(found):
+            return found, ""
+    missing = (f"{' or '.join(filenames)} of {repo_id} is not in the Hugging Face cache "
+               f"({hub_cache_dir(cache_dir)})")
+    offline = "downloads are off" if not allow_download else hub_unreachable()
+    if offline:
+        return None, f"{missing}, and {offline}."
     from huggingface_hub import hf_hub_download
 
-    for local_only in (True, False):
-        if not local_only and (_offline() or not allow_download):
-            break
-        for filename in filenames:
-            try:
-                return hf_hub_download(repo_id, filename, cache_dir=cache_dir, local_files_only=local_only)
-            except Exception:
-                continue
-    return None
+    for filename in filenames:
+        try:
+            return hf_hub_download(repo_id, filename, cache_dir=cache_dir), ""
+        except Exception:  # noqa: BLE001 - e.g. not in this repo: try the next name
+            continue
+    return None, f"{missing}, and could not be downloaded."
 
 
 def _weight_names(filename: str) -> list[str]:
@@ -178,19 +231,35 @@ def resolve_tag_checkpoint(name: str, tag: str, cache_dir: str | None = None,
         tags = ", ".join(list_pretrained_tags_by_model(name)) or "none"
         raise UserError(f"Unknown pretrained tag {tag!r} for model {name!r}.",
                         f"Known tags: {tags}. Or give the path of a weights file.")
-    path = None
+    path, why = None, "it names no download."
     if cfg.get("hf_hub"):
         repo_id, filename = os.path.split(cfg["hf_hub"])
-        path = _hub_file(repo_id, _weight_names(filename or "open_clip_pytorch_model.bin"), cache_dir, allow_download)
+        path, why = _hub_file(repo_id, _weight_names(filename or "open_clip_pytorch_model.bin"), cache_dir,
+                              allow_download)
     elif cfg.get("url"):
         cached = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(cfg["url"])
         path = str(cached) if cached.is_file() else None
+        why = f"{cached} does not exist."
     if path is None:
-        raise ModelWeightsMissing(
-            f"Pretrained weights for {name} ({tag}) are not on this machine and could not be downloaded.",
-            _FIX_HINT,
-        )
+        raise _weights_missing(name, tag, why)
     return path, cfg
+
+
+def _weights_missing(name: str, tag: str, why: str) -> ModelWeightsMissing:
+    return ModelWeightsMissing(
+        f"Pretrained weights for {name} ({tag}) are not on this machine and could not be downloaded: {why}",
+        _FIX_HINT)
+
+
+def check_preferred_weights(spec: ModelSpec) -> None:
+    """For the preferred weights of a well-known model, make sure they are cached (or fetched now) before
+    torch is imported: on an offline machine the error comes in a second or two, not after the imports."""
+    repo = PREFERRED_HUB.get(spec.name)
+    if repo is None or spec.pretrained != PREFERRED_TAGS.get(spec.name):
+        return
+    path, why = _hub_file(repo, _weight_names("open_clip_pytorch_model.bin"))
+    if path is None:
+        raise _weights_missing(spec.name, spec.pretrained, why)
 
 
 def weights_cached(spec: ModelSpec) -> bool:
@@ -215,10 +284,11 @@ def _check_schema_weights(spec: ModelSpec) -> None:
             raise ModelWeightsMissing(f"{folder} has no open_clip_model.safetensors or open_clip_pytorch_model.bin.",
                                       _FIX_HINT)
         return
-    if _hub_file(ident, ["open_clip_config.json"]) is None or _hub_file(
-            ident, ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]) is None:
-        raise ModelWeightsMissing(f"Model {spec.name} is not in the Hugging Face cache and could not be downloaded.",
-                                  _FIX_HINT)
+    for names in (["open_clip_config.json"], ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]):
+        path, why = _hub_file(ident, names)
+        if path is None:
+            raise ModelWeightsMissing(f"Model {spec.name} is not on this machine and could not be downloaded: {why}",
+                                      _FIX_HINT)
 
 
 class LoadedModel:
@@ -261,6 +331,7 @@ class LoadedModel:
 
 def load_model(spec: ModelSpec, device: str = "auto", precision: str = "auto") -> LoadedModel:
     """Build the model with its weights; raises ModelWeightsMissing/UserError with a fix."""
+    check_preferred_weights(spec)
     import open_clip
     import torch
 

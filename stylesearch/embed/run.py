@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..ingest.scan import scan
-from ..progress import Progress, or_null
+from ..progress import Progress, or_null, step
 from ..store.catalog import Catalog, open_catalog
 from ..store.datasets import create_dataset
 from ..store.files import writer_lock
@@ -89,22 +89,24 @@ def embed_dataset(paths: DatasetPaths, spec: ModelSpec, files: Sequence[Path] | 
         result = EmbedResult(spec.key, scanned.as_dict(), already_embedded=already, warnings=scanned.warnings)
         if not todo:
             return result
-        encoder = encoder or make_encoder(spec, options, model, paths, len(todo))
+        if encoder is None:
+            with step(progress, f"loading model {spec.name}"):
+                encoder = make_encoder(spec, options, model, paths, len(todo))
         result.device = encoder.device
         dtype = _storage_dtype(catalog, encoder, spec, options.storage_dtype)
         start = time.perf_counter()
         _commit_batches(catalog, encoder, hashes, todo, dtype, or_null(progress), result)
         result.seconds = time.perf_counter() - start
         result.backend = encoder.report() if hasattr(encoder, "report") else {}
-        _export_text_tower(paths, spec, encoder, options, result)
+        _export_text_tower(paths, spec, encoder, options, result, progress)
     return result
 
 
 def _export_text_tower(paths: DatasetPaths, spec: ModelSpec, encoder: Encoder, options: EmbedOptions,
-                       result: EmbedResult) -> None:
+                       result: EmbedResult, progress: Progress | None) -> None:
     model = getattr(encoder, "torch_model", None)
     if options.export_onnx and model is not None:
-        warning = export_text_after_embedding(paths, spec, model)
+        warning = export_text_after_embedding(paths, spec, model, progress)
         if warning:
             result.warnings.append(warning)
 

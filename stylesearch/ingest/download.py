@@ -9,9 +9,11 @@ without its record (adopted by the next run, found by its content hash).
 Metadata of a row (sources.Entry.meta, group, position) is merged into the item an entry ends
 up as: a new item, the item a duplicate's content already is, or on a rerun the item a finished
 URL was stored as, so a rerun with an updated list updates metadata without downloading again.
-Fields merge (a later row's value wins); an item keeps the first group it was given, and its
-position there is the lowest one any entry of that group gives it (a row's own `position`
-column wins over it).
+Fields merge: a later row's value wins, over the item's earlier value and over an earlier row of
+this run. Rows of one run that give one item different values for a field (the same URL listed
+twice, or two URLs of the same content) are conflicts: each is counted (`metadata_conflicts`) and
+named in a warning. An item keeps the first group it was given, and its position there is the
+lowest one any entry of that group gives it (a row's own `position` column wins over it).
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ class DownloadResult:
     bad_urls: int = 0
     malformed_lines: int = 0
     metadata_updated: int = 0  # items already there (finished before, or duplicates) given new metadata
+    metadata_conflicts: int = 0  # fields that rows of this run gave one item different values (later row won)
+    given: dict[int, dict] = field(default_factory=dict, repr=False)  # item id -> fields this run's rows gave
     reasons: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -93,7 +97,7 @@ class DownloadResult:
         return {"ok": self.ok, "duplicates": self.duplicates, "failed": self.failed,
                 "skipped_done": self.skipped_done, "bad_urls": self.bad_urls,
                 "malformed_lines": self.malformed_lines, "metadata_updated": self.metadata_updated,
-                "failure_reasons": self.reasons}
+                "metadata_conflicts": self.metadata_conflicts, "failure_reasons": self.reasons}
 
     def fail(self, url: str, reason: str) -> None:
         self.failed += 1
@@ -153,7 +157,7 @@ def _refresh_metadata(catalog, finished: list[tuple[str, list[Entry]]], result: 
     with catalog.transaction():
         for url, entries in finished:
             item_id = catalog.downloaded_item_id(url)
-            if item_id is not None and _attach(catalog, item_id, entries):
+            if item_id is not None and _attach(catalog, item_id, entries, result):
                 result.metadata_updated += 1
 
 
@@ -161,21 +165,30 @@ def _has_metadata(entries: list[Entry]) -> bool:
     return any(e.meta or e.group for e in entries)
 
 
-def _attach(catalog, item_id: int, entries: list[Entry]) -> bool:
+def _attach(catalog, item_id: int, entries: list[Entry], result: DownloadResult) -> bool:
     """Merge the entries' metadata, group and position into an item (rules in the module
-    docstring); True when that changed it (an unchanged item is not written)."""
+    docstring), counting conflicts in `result`; True when that changed it (an unchanged item is
+    not written)."""
     if not _has_metadata(entries):
         return False
     item = catalog.item(item_id)
     before = catalog.metadata([item_id]).get(item_id, {})
     meta, group = dict(before), item.group_id
+    given, conflicts = result.given.setdefault(item_id, {}), []
     for entry in entries:
         group = group or entry.group
+        for key, value in entry.meta.items():
+            if key in given and given[key] != value:
+                conflicts.append(f"{key} {given[key]!r} -> {value!r}")
+            given[key] = value
         meta.update(entry.meta)
         if entry.position is not None and entry.group == group and "position" not in entry.meta:
             old = meta.get("position")
             ordinal = isinstance(old, int) and not isinstance(old, bool)
             meta["position"] = min(old, entry.position) if ordinal else entry.position
+    if conflicts:
+        result.metadata_conflicts += len(conflicts)
+        result.warnings.append(f"{item.path}: rows disagree on {', '.join(conflicts)}; the later row's value is kept")
     if meta == before and group == item.group_id:
         return False
     catalog.set_metadata(item_id, meta, replace=True)
@@ -234,7 +247,7 @@ class _Store:
         if kept is not None:
             with self.catalog.transaction():
                 self.catalog.record_download(url, "ok", f"duplicate of {kept.path}", kept.path, digest)
-                self.result.metadata_updated += int(_attach(self.catalog, kept.id, entries))
+                self.result.metadata_updated += int(_attach(self.catalog, kept.id, entries, self.result))
             self.result.duplicates += 1
             return
         orphan = self._take_orphan(len(fetched.data), digest)
@@ -253,7 +266,7 @@ class _Store:
         item_id = self.catalog.upsert_item(name, size=st.st_size, mtime=st.st_mtime, content_hash=digest,
                                            width=fetched.size[0], height=fetched.size[1], status="ok",
                                            source_url=entry.url, caption=entry.caption)
-        _attach(self.catalog, item_id, entries)
+        _attach(self.catalog, item_id, entries, self.result)
         self.catalog.record_download(entry.url, "ok", None, name, digest)
 
     def _catalogued_copy(self, digest: str) -> Item | None:

@@ -1,5 +1,6 @@
 """HTTP fetching for downloads and query images: URL checks, one total deadline per request,
 redirects checked on every hop, size limit, retries with backoff, per-host politeness.
+Requests go over pooled keep-alive connections (HTTP/2 where offered; connections.py).
 `public_only` (the server's query images) also refuses hosts that resolve to loopback, private,
 link-local or reserved addresses, checked on every connection (redirects too), and uses no proxy.
 
@@ -9,20 +10,13 @@ checked again. A request attempt ends by its deadline however slowly a server se
 
 from __future__ import annotations
 
-import functools
-import http.client
-import io
 import ipaddress
 import random
 import re
-import socket
 import string
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
-from types import SimpleNamespace
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 from ..errors import UserError
@@ -125,30 +119,16 @@ def address_refused(address: str) -> bool:
             or ip.is_unspecified or not ip.is_global)
 
 
-def _public_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None):
-    """socket.create_connection that first resolves the host and refuses it unless every address it
-    resolves to is public; then connects to those checked addresses (no second lookup to rebind)."""
-    host, port = address
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    if not infos or any(address_refused(str(info[4][0])) for info in infos):
-        raise AddressRefused()
-    last: OSError | None = None
-    for family, kind, proto, _, sockaddr in infos:
-        sock = socket.socket(family, kind, proto)
-        try:
-            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
-                sock.settimeout(timeout)
-            if source_address:
-                sock.bind(source_address)
-            sock.connect(sockaddr)
-            return sock
-        except OSError as exc:
-            sock.close()
-            last = exc
-    raise last or OSError("no address to connect to")
+def _is_refused(address: str) -> bool:
+    """The public-only connection check: `address_refused`, looked up when called."""
+    return address_refused(address)
 
 
 # ---------------------------------------------------------------- HTTP with a total deadline
+
+REDIRECT_CODES = {301, 302, 303, 307, 308}
+MAX_REDIRECTS = 10
+HEADERS = {"User-Agent": USER_AGENT, "Accept": "image/*,*/*;q=0.5", "Accept-Encoding": "identity"}
 
 
 class DeadlineExceeded(TimeoutError):
@@ -166,104 +146,62 @@ class _Deadline:
         return left
 
 
-class _DeadlineReader(io.RawIOBase):
-    """Socket reads that never wait past the deadline, however slowly the bytes trickle in."""
+def fetch_once(url: str, timeout: float, max_bytes: int, public_only: bool = False) -> bytes:
+    """One GET that takes at most `timeout` seconds in all (connect, headers, redirects, body), over
+    pooled keep-alive connections (connections.py); `public_only`: AddressRefused for a host (or
+    redirect target) that is not a public address."""
+    import httpx
 
-    def __init__(self, sock, deadline: _Deadline):
-        super().__init__()
-        self._sock, self._deadline = sock, deadline
-        self._raw = sock.makefile("rb", buffering=0)  # keeps the socket open until this is closed
+    from .connections import AddressNotAllowed, request_deadline
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int | None:
-        self._sock.settimeout(self._deadline.remaining())
-        try:
-            return self._raw.readinto(buffer)
-        except TimeoutError:  # the socket timeout was the time left
-            raise DeadlineExceeded("deadline exceeded") from None
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
-
-
-class _DeadlineConnection:
-    """Mixin for http.client connections: connecting and every read end by the deadline."""
-
-    def __init__(self, *args, deadline: _Deadline, public_only: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._deadline = deadline
-        if public_only:
-            self._create_connection = _public_connection
-
-    def connect(self) -> None:
-        self.timeout = self._deadline.remaining()
-        super().connect()
-
-    def response_class(self, sock, *args, **kwargs):
-        """HTTPResponse only calls makefile() on its socket: give it the deadline-keeping reader."""
-        def makefile(*_args, **_kwargs):
-            return io.BufferedReader(_DeadlineReader(sock, self._deadline))
-        return http.client.HTTPResponse(SimpleNamespace(makefile=makefile), *args, **kwargs)
+    deadline = _Deadline(timeout)
+    try:
+        with request_deadline(deadline.at):
+            return _get(_wire_url(url), max_bytes, deadline, public_only)
+    except FetchError:
+        raise
+    except AddressNotAllowed:
+        raise AddressRefused() from None
+    except (httpx.TimeoutException, DeadlineExceeded):
+        raise FetchError("too slow (deadline exceeded)", transient=True) from None
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as exc:
+        raise FetchError(f"invalid URL ({exc})", transient=False) from None
+    except (httpx.HTTPError, OSError) as exc:
+        raise FetchError(f"network: {str(exc) or type(exc).__name__}", transient=True) from None
 
 
-_HTTPConnection = type("_HTTPConnection", (_DeadlineConnection, http.client.HTTPConnection), {})
-_HTTPSConnection = type("_HTTPSConnection", (_DeadlineConnection, http.client.HTTPSConnection), {})
+def _get(url: str, max_bytes: int, deadline: _Deadline, public_only: bool) -> bytes:
+    """GET, following redirects only to allowed (http or https) URLs, checked on every hop."""
+    from .connections import env_proxy, shared_client
+
+    for _ in range(MAX_REDIRECTS + 1):
+        client = shared_client(_is_refused) if public_only else shared_client(None, env_proxy(url))
+        with client.stream("GET", url, headers=HEADERS, timeout=deadline.remaining()) as resp:
+            location = resp.headers.get("location")
+            if resp.status_code in REDIRECT_CODES and location is not None:
+                url = _redirect_target(url, location)
+                continue
+            if resp.status_code >= 300:
+                raise _http_error(resp.status_code, resp.headers)
+            if int(resp.headers.get("content-length") or 0) > max_bytes:
+                raise FetchError(f"larger than {max_bytes} bytes", transient=False)
+            return _read_limited(resp.iter_raw(64 << 10), max_bytes, deadline)
+    raise FetchError("redirect loop or too many redirects", transient=False)
 
 
-class _DeadlineHandler(urllib.request.AbstractHTTPHandler):
-    """urllib's http and https handlers, with connections that keep the request's deadline."""
-
-    def __init__(self, deadline: _Deadline, public_only: bool = False):
-        super().__init__()
-        self._deadline, self._public_only = deadline, public_only
-
-    def http_open(self, req):
-        return self.do_open(functools.partial(_HTTPConnection, deadline=self._deadline,
-                                              public_only=self._public_only), req)
-
-    def https_open(self, req):
-        return self.do_open(functools.partial(_HTTPSConnection, deadline=self._deadline,
-                                              public_only=self._public_only), req)
-
-    http_request = https_request = urllib.request.AbstractHTTPHandler.do_request_
+def _redirect_target(url: str, location: str) -> str:
+    try:
+        target = urljoin(url, location.strip())
+    except ValueError:
+        target = location
+    if not valid_url(target):
+        raise FetchError(f"blocked redirect to {target[:200]!s}", transient=False)
+    return _wire_url(target)
 
 
-class _RedirectHandler(urllib.request.HTTPRedirectHandler):
-    """Follows a redirect only to an allowed (http or https) URL, checked on every hop."""
-
-    def http_error_302(self, req, fp, code, msg, headers):
-        target = headers.get("location") or headers.get("uri")
-        if target is not None:
-            try:
-                newurl = urljoin(req.full_url, target.strip())
-            except ValueError:
-                newurl = target
-            if not valid_url(newurl):
-                fp.close()
-                raise FetchError(f"blocked redirect to {newurl[:200]!s}", transient=False)
-        return super().http_error_302(req, fp, code, msg, headers)
-
-    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
-
-
-def _opener(deadline: _Deadline, public_only: bool = False) -> urllib.request.OpenerDirector:
-    """Only http(s) handlers: other schemes fail as unknown even if a redirect slipped through.
-    `public_only`: no proxy (each connection's own address is what gets checked)."""
-    opener = urllib.request.OpenerDirector()
-    proxies = urllib.request.ProxyHandler({} if public_only else None)
-    for handler in (proxies, _DeadlineHandler(deadline, public_only), _RedirectHandler(),
-                    urllib.request.HTTPDefaultErrorHandler(),
-                    urllib.request.HTTPErrorProcessor(), urllib.request.UnknownHandler()):
-        opener.add_handler(handler)
-    return opener
-
-
-def _read_limited(resp, max_bytes: int, deadline: _Deadline) -> bytes:
+def _read_limited(blocks, max_bytes: int, deadline: _Deadline) -> bytes:
     chunks, total = [], 0
-    while block := resp.read(64 << 10):
+    for block in blocks:
         total += len(block)
         if total > max_bytes:
             raise FetchError(f"larger than {max_bytes} bytes", transient=False)
@@ -272,34 +210,11 @@ def _read_limited(resp, max_bytes: int, deadline: _Deadline) -> bytes:
     return b"".join(chunks)
 
 
-def fetch_once(url: str, timeout: float, max_bytes: int, public_only: bool = False) -> bytes:
-    """One GET that takes at most `timeout` seconds in all (connect, headers, redirects, body);
-    `public_only`: AddressRefused for a host (or redirect target) that is not a public address."""
-    deadline = _Deadline(timeout)
-    try:
-        request = urllib.request.Request(_wire_url(url), headers={"User-Agent": USER_AGENT,
-                                                                  "Accept": "image/*,*/*;q=0.5"})
-        with _opener(deadline, public_only).open(request, timeout=timeout) as resp:
-            return _read_limited(resp, max_bytes, deadline)
-    except FetchError:
-        raise
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        raise _http_error(exc) from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        reason = getattr(exc, "reason", exc)
-        if isinstance(reason, DeadlineExceeded):
-            raise FetchError("too slow (deadline exceeded)", transient=True) from None
-        raise FetchError(f"network: {reason or type(reason).__name__}", transient=True) from None
-    except ValueError as exc:  # http.client refuses the URL
-        raise FetchError(f"invalid URL ({exc})", transient=False) from None
-
-
-def _http_error(exc: urllib.error.HTTPError) -> FetchError:
-    if 300 <= exc.code < 400:
+def _http_error(code: int, headers) -> FetchError:
+    if 300 <= code < 400:
         return FetchError("redirect loop or too many redirects", transient=False)
-    retry_after = exc.headers.get("Retry-After") if exc.headers else None
-    err = FetchError(f"HTTP {exc.code}", transient=exc.code in TRANSIENT_CODES)
+    retry_after = headers.get("Retry-After")
+    err = FetchError(f"HTTP {code}", transient=code in TRANSIENT_CODES)
     err.retry_after = float(retry_after) if retry_after and retry_after.isdigit() else None
     return err
 

@@ -16,6 +16,9 @@ from ..store.files import append_jsonl, json_lines, now_iso
 
 CHOICES = ("left", "right", "too_similar", "anchor_different", "unknown")
 DECISIVE = ("left", "right")
+CHOICE_WORDS = {"left": "left is more similar", "right": "right is more similar",
+                "too_similar": "too similar to tell", "anchor_different": "anchor too different from both",
+                "unknown": "don't know"}  # each answer in plain words, for the frontends
 EQUALITY = ("too_similar", "anchor_different")
 
 

@@ -11,7 +11,7 @@ import threading
 import uuid
 from collections import deque
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -212,11 +212,13 @@ class LabelLoop:
         self.current = self.sampler.next(self.seen)
         return self.current
 
-    def observe(self, record: dict) -> None:
-        """Count a judgment of the current triplet against the model's guess (kept elsewhere)."""
+    def observe(self, record: dict) -> bool:
+        """Count a judgment of the current triplet against the model's guess (kept elsewhere); True when
+        it was counted."""
         pick = self.guess[0] if record["choice"] in DECISIVE else None
         if pick is not None:
             self.hits.append(record["choice"] == pick)
+        return pick is not None
 
     def retrain_due(self) -> bool:
         return self.retrainer.due(len(self.judgments))
@@ -253,6 +255,15 @@ def simulate(loop: LabelLoop, judge: Callable[[str, str, str], str], count: int,
     return loop.judgments
 
 
+class Marks(NamedTuple):
+    """What a triplet is shown with: the metric's pick and how sure it is, and the options' scores."""
+
+    triplet: tuple[str, str, str] | None
+    guess: tuple[str | None, float | None]
+    scores: tuple[float, float] | None
+    counted: bool = False  # whether its answer was counted against the guess
+
+
 class LabelSession:
     """State of one labelling session over one dataset and model."""
 
@@ -277,6 +288,8 @@ class LabelSession:
                               load_metric(paths, self.model_key, dim=vectors.shape[1]), options,
                               retrain_every, self.log.judgments, self.log.seen)
         self.judged_this_session = 0
+        self.shown: list[Marks] = []  # what each of this session's judgments was shown with, for undo
+        self.pinned: Marks | None = None  # the marks of a triplet brought back by undo
         self.advance()
 
     @property
@@ -303,20 +316,37 @@ class LabelSession:
         if self.current is None:
             return None
         anchor, left, right = self.current
+        marks = self.marks()
         record = new_judgment(self.paths.name, anchor, left, right, choice, self.model_key, self.session)
         self.log.append(record)
-        self.loop.observe(record)
+        self.shown.append(Marks(marks.triplet, marks.guess, marks.scores, self.loop.observe(record)))
         self.judged_this_session += 1
+        self.pinned = None
         self.advance()
         return record
 
     def undo(self) -> dict | None:
-        """Withdraw this session's last judgment and show its triplet again."""
+        """Withdraw this session's last judgment and show its triplet again, with the marks (the metric's
+        pick, how sure, the scores) it was shown with, even if the metric was refitted since."""
         record = self.log.undo(self.session)
         if record is not None:
             self.judged_this_session -= 1
             self.current = (record["anchor"], record["left"], record["right"])
+            marks = self.shown.pop() if self.shown else None
+            if marks is not None and marks.counted and self.loop.hits:
+                self.loop.hits.pop()
+            self.pinned = marks if marks is not None and marks.triplet == self.current else None
         return record
+
+    def marks(self) -> "Marks":
+        """The current triplet's marks: as first shown when undo brought it back, else the metric's now."""
+        if self.pinned is not None and self.pinned.triplet == self.current:
+            return self.pinned
+        if self.current is None:
+            return Marks(None, (None, None), None)
+        anchor, left, right = self.current
+        return Marks(self.current, self.loop.guess,
+                     (self.similarity(anchor, left), self.similarity(anchor, right)))
 
     def retrain_due(self) -> bool:
         return self.loop.retrain_due()
@@ -326,8 +356,8 @@ class LabelSession:
         return self.loop.retrain()
 
     def guess(self) -> tuple[str | None, float | None]:
-        """The option the current metric would pick for the current triplet, and how sure it is."""
-        return self.loop.guess
+        """The option the metric picks for the current triplet, and how sure it is (see marks)."""
+        return self.marks().guess
 
     def similarity(self, anchor: str, option: str) -> float:
         """Current score of an option against the anchor (learned metric when trained)."""
@@ -348,10 +378,8 @@ class LabelSession:
 
 
 def option_scores(session: LabelSession) -> tuple[float, float] | None:
-    if session.current is None:
-        return None
-    anchor, left, right = session.current
-    return session.similarity(anchor, left), session.similarity(anchor, right)
+    """The current options' scores against the anchor (see LabelSession.marks)."""
+    return session.marks().scores
 
 
 __all__ = ["STRATEGIES", "LabelLoop", "LabelSession", "Retrainer", "TripletSampler", "option_scores",

@@ -9,6 +9,7 @@ The saved metric is then fitted on all judgments with the same kind and regulari
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,8 +89,40 @@ def train_arrays(vectors: np.ndarray, trips: Triplets, options: TrainOptions = T
     return final, report
 
 
-def train_metric(paths: DatasetPaths, model_key: str, opt: TrainOptions = TrainOptions()) -> dict:
-    """Learn a metric from the dataset's judgments log and save it atomically; returns metadata."""
+def beats_raw(report: dict) -> bool:
+    """Whether the held-out 95% interval lies above the raw embedding's agreement."""
+    return bool(report["agreement_ci"][0] > report["agreement_before"])
+
+
+def judgments_to_beat(report: dict, val_fraction: float) -> int | None:
+    """About how many more judgments would make the measured gain significant (None: no gain to confirm)."""
+    p, gain = report["agreement_after"], report["agreement_after"] - report["agreement_before"]
+    if not gain > 0:
+        return None
+    held_out = math.ceil(1.96 ** 2 * max(p * (1 - p), 0.01) / gain ** 2)
+    have = report["train_triplets"] + report["val_triplets"]
+    return max(1, math.ceil(held_out / val_fraction) - have)
+
+
+def verdict(meta: dict) -> str:
+    """The training result in plain words (for any frontend)."""
+    lo, hi = meta["agreement_ci"]
+    words = (f"The learned metric agrees with {meta['agreement_after']:.0%} of your {meta['val_triplets']} held-out "
+             f"judgments (95% interval {lo:.0%}-{hi:.0%}); the raw embedding: {meta['agreement_before']:.0%}.")
+    if beats_raw(meta):
+        return words + " It was saved."
+    more = meta.get("more_judgments")
+    need = (f"judge ~{more} more to tell" if more else
+            "judging more, or more consistently, may change that")
+    kept = "it was saved anyway, as asked." if meta["saved"] else "it was not saved (the previous metric stays)."
+    return f"{words} That is no reliable gain over the raw embedding yet ({need}); {kept}"
+
+
+def train_metric(paths: DatasetPaths, model_key: str, opt: TrainOptions = TrainOptions(), force: bool = False) -> dict:
+    """Learn a metric from the dataset's judgments log and save it atomically; returns metadata.
+
+    A metric whose held-out agreement does not reliably beat the raw embedding (beats_raw) is not
+    saved unless `force`: the metadata then has `saved` False, and the previous metric stays."""
     _check(opt)
     log = read_log(paths.triplets)
     with open_catalog(paths, readonly=True) as catalog:
@@ -109,5 +142,9 @@ def train_metric(paths: DatasetPaths, model_key: str, opt: TrainOptions = TrainO
         "skipped_missing": usable - report["judgments_used"],
         "malformed_lines": log.malformed, "undone": log.undone,
         "seed": opt.seed, "val_fraction": opt.val_fraction, "trained_at": now_iso(),
+        "more_judgments": judgments_to_beat(report, opt.val_fraction),
     }
+    fit.metric.meta["saved"] = force or beats_raw(report)
+    if not fit.metric.meta["saved"]:
+        return fit.metric.meta
     return save_metric(paths, model_key, fit.metric)

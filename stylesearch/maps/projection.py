@@ -41,16 +41,24 @@ def reduce_dims(vectors: np.ndarray, dims: int, seed: int | None) -> np.ndarray:
 
 
 def umap_2d(vectors: np.ndarray, opt: UmapOptions) -> np.ndarray:
-    """2D UMAP coordinates of the rows of `vectors` (Euclidean on the given space)."""
+    """2D UMAP coordinates of the rows of `vectors` (Euclidean on the given space). Seeded: the same
+    coordinates on every run, computed on all cores (maps/layout.py); unseeded: umap-learn as it is."""
     if len(vectors) < 4:
         raise NotReady(f"UMAP needs at least 4 embedded items; this dataset has {len(vectors)}.")
-    import umap
-
     reduced = reduce_dims(vectors, opt.pca_dims, opt.seed)
-    reducer = umap.UMAP(n_neighbors=max(2, min(opt.neighbors, len(vectors) - 1)), min_dist=opt.min_dist,
-                        n_components=2, random_state=opt.seed, init="spectral" if len(vectors) > 10 else "random")
+    neighbors = max(2, min(opt.neighbors, len(vectors) - 1))
+    settings = dict(n_neighbors=neighbors, min_dist=opt.min_dist, n_components=2,
+                    init="spectral" if len(vectors) > 10 else "random")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if opt.seed is None:
+            import umap
+
+            return umap.UMAP(**settings).fit_transform(reduced).astype(np.float32)
+        from .layout import ReproducibleUMAP, knn_graph
+
+        knn = knn_graph(reduced, neighbors, opt.seed)
+        reducer = ReproducibleUMAP(**settings, random_state=opt.seed, precomputed_knn=(*knn, None))
         return reducer.fit_transform(reduced).astype(np.float32)
 
 

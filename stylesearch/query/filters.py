@@ -12,6 +12,11 @@ is also a result field under that `meta.` name (`meta_column`). VALUE is a numbe
 quoted string ('...' or "..."). Text compares without regard to case; `<`/`>` compare numbers as
 numbers (of any size: beyond SQLite's integers as floats) and other values as text (so ISO dates
 work). `!=` and `not in` also match items that do not have the field.
+
+A bare value `@FIELD` is the query item's own value of FIELD (`item_type != @item_type`): its metadata
+value where it has one, else the learned prediction FIELD_pred (learn/attributes.py), or the item's
+width, height, path, group or caption; a list value compares as `in` / `not in`. `resolve_refs` puts
+the values in; a clause still holding a reference cannot be turned into SQL. A quoted '@x' is text.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ RESULT_FIELDS = frozenset({"rank", "score", "dataset", "id", "path", "file", "gr
                            *ITEM_FIELDS})
 _FIELD = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*")
 _OPERATOR = re.compile(r"(not\s+in\b|in\b|exists\b|==|!=|<=|>=|=|<|>)\s*", re.I)
+_REF = re.compile(r"@[A-Za-z_][A-Za-z0-9_.-]*")
 _VALUE = re.compile(r"""\s*(?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)'|([^,()'"]*[^,()'"\s]))\s*""")
 GRAMMAR_HINT = ("Filters are FIELD OP VALUE with OP one of = != < <= > >=, or FIELD in (A, B), "
                 "FIELD not in (A, B), FIELD exists; e.g. category=summer, \"style in (photo, illustration)\", price<50.")
@@ -54,6 +60,16 @@ def _target(field: str) -> tuple[str | None, str]:
     if field.startswith(META_PREFIX):
         return None, field[len(META_PREFIX):]
     return ITEM_FIELDS.get(field), field
+
+
+@dataclass(frozen=True)
+class Ref:
+    """`@FIELD` in a filter: the query item's value of FIELD, put in by `resolve_refs`."""
+
+    field: str
+
+    def __str__(self) -> str:
+        return f"@{self.field}"
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,10 @@ def _value(expr: str, pos: int) -> tuple[object, str, int]:
         return text, text, m.end()
     if m.group(3)[0] in "<>=!":
         raise _fail(expr, m.start(3), f"unexpected {m.group(3)[0]!r} (quote a value that starts with it)")
+    if m.group(3)[0] == "@":
+        if not _REF.fullmatch(m.group(3)):
+            raise _fail(expr, m.start(3), "expected a field name after '@' (quote a value that starts with '@')")
+        return Ref(m.group(3)[1:]), m.group(3), m.end()
     return _number(m.group(3)), m.group(3), m.end()
 
 
@@ -208,9 +228,10 @@ def _positive(clause: Clause, op: str) -> tuple[str, list]:
 
 
 def to_sql(clauses: list[Clause]) -> tuple[str, list]:
-    """A condition on the `items` table that holds for items matching every clause."""
+    """A condition on the `items` table that holds for items matching every clause (references resolved)."""
     if not clauses:
         return "1", []
+    check_resolved(clauses)
     parts, args = [], []
     for clause in clauses:
         negate = clause.op in ("!=", "not in")
@@ -236,3 +257,75 @@ def matching_ids(catalog, clauses: Sequence[Clause], known_fields: set[str] | No
     clauses = list(clauses)
     check_fields(clauses, set(catalog.metadata_fields()) if known_fields is None else known_fields)
     return catalog.live_ids_where(*to_sql(clauses))
+
+
+def has_refs(clauses: Sequence[Clause]) -> bool:
+    return any(isinstance(v, Ref) for clause in clauses for v in clause.values)
+
+
+def check_resolved(clauses: Sequence[Clause]) -> None:
+    """Refuse clauses still holding an `@FIELD` (a search without a query item to take it from)."""
+    for clause in clauses:
+        ref = next((v for v in clause.values if isinstance(v, Ref)), None)
+        if ref is not None:
+            raise UserError(f"Filter '{clause}' compares with the query item's {ref}, but this search has no "
+                            "query item to take it from.",
+                            f"Search like an item (like:ID) to compare with its values, or quote '{ref}' to match "
+                            "that text.")
+
+
+def query_item_value(item, meta: dict, field: str):
+    """The value `@field` stands for: an item field's (width, height, path, group, caption), else the
+    metadata value, the user's own before the learned FIELD_pred; None when the item has neither."""
+    from ..store.catalog import meta_value
+
+    column, key = _target(field)
+    if column is not None:
+        return getattr(item, column)
+    value = meta_value(meta, key)
+    return value if value is not None else meta_value(meta, key + "_pred")
+
+
+def resolve_refs(clauses: Sequence[Clause], item, meta: dict) -> list[Clause]:
+    """The clauses with every `@FIELD` replaced by the query item's value (`query_item_value`); a list
+    value makes `=` / `!=` into `in` / `not in`. UserError when the item has no value to compare with."""
+    out = []
+    for clause in clauses:
+        values, texts = [], []
+        for value, text in zip(clause.values, clause.texts):
+            if not isinstance(value, Ref):
+                values.append(value)
+                texts.append(text)
+                continue
+            for element in _elements(clause, value, query_item_value(item, meta, value.field), item):
+                values.append(element)
+                texts.append(repr(element) if isinstance(element, float) else str(element))
+        op = clause.op
+        if op in ("=", "!=") and len(values) != 1:
+            op = "in" if op == "=" else "not in"
+        elif len(values) != len(clause.values) and op not in ("in", "not in"):
+            raise UserError(f"Filter '{clause}': item {item.id} has a list of values there; '{clause.op}' compares "
+                            "with one value.", "Use =, != or in with a field holding a list.")
+        out.append(Clause(clause.field, op, tuple(values), tuple(texts)))
+    return out
+
+
+def _elements(clause: Clause, ref: Ref, value, item) -> list:
+    """The values a referenced value compares as: one number or text, each element of a list."""
+    if value is None:
+        raise UserError(f"Filter '{clause}': item {item.id} ({item.path}) has no value of {ref.field!r}, given or "
+                        "predicted, to compare with.",
+                        "Give it a value (metadata), learn the field, or leave out the filter.")
+    elements = value if isinstance(value, list) else [value]
+    out = []
+    for element in elements:
+        if isinstance(element, bool):
+            out.append("true" if element else "false")
+        elif isinstance(element, int):
+            out.append(_number(str(element)))  # beyond SQLite's integers: a float, as when typed
+        elif isinstance(element, (float, str)):
+            out.append(element)
+        else:
+            raise UserError(f"Filter '{clause}': the value of {ref.field!r} of item {item.id} is an object, which "
+                            "does not compare.", "Compare with one of its fields, e.g. @FIELD.NAME.")
+    return out

@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ _IMAGE_WORD = re.compile(r"image:(.*)$", re.S)
 TIMEOUT_SECONDS = 300.0  # for a whole request: connecting, sending, and reading the whole answer
 MAX_REPLY_BYTES = 256 << 20
 ROW_KEYS = ("rank", "score", "id", "path", "file")  # what the CLI prints of a search result
+READY_POLL_SECONDS = 0.2  # how often to ask a server that is still loading its datasets
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,24 @@ class ServerClient:
 
     def get(self, path: str) -> dict:
         return self.request("GET", path)
+
+    def wait_ready(self) -> None:
+        """Return once the server has loaded its datasets (`/health` says `ready`), asking again every
+        READY_POLL_SECONDS within the deadline. A server that does not say, or a /health that fails,
+        counts as ready: the request that follows reports what is wrong."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                health = self.get("/health")
+            except errors.StyleSearchError:
+                return
+            if not isinstance(health, dict) or health.get("ready", True) is not False:
+                return
+            if time.monotonic() + READY_POLL_SECONDS > deadline:
+                raise errors.StyleSearchError(
+                    f"The stylesearch server at {self.url} was still loading its datasets after {self.timeout:g} s.",
+                    "Check the server's log, or search without it.")
+            time.sleep(READY_POLL_SECONDS)
 
     def post(self, path: str, payload: dict, uploads: dict[str, bytes] | None = None) -> dict:
         """POST a JSON body, or a multipart form (`query` + `image` parts) when there are uploads."""
@@ -187,6 +207,7 @@ def remote_search(url: str, dataset: str | None, words: list[str], images: list[
     client = ServerClient(url)
     payload = {"terms": words, "images": images, "likes": likes, **options}
     uploads = query_uploads(words, images)
+    client.wait_ready()
     if dataset is not None:
         answer = client.post(f"/api/datasets/{quote(dataset, safe='')}/search", payload, uploads)
     else:

@@ -23,7 +23,8 @@ from ..ingest.urls import is_http_url
 from ..learn.metric import load_metric
 from ..store.catalog import open_catalog
 from ..store.paths import DatasetPaths
-from .filters import Clause, matching_ids, parse_filters
+from .filters import Clause, check_resolved, has_refs, matching_ids, parse_filters, resolve_refs
+from .items import resolve_item
 
 EXACT_SUBSET_LIMIT = 20_000  # a filter matching at most this many items is searched exactly
 _TERM = re.compile(r"^(?P<sign>[+-]?)\s*(?:(?P<weight>\d+(?:\.\d+)?|\.\d+)\*)?(?:(?P<kind>text|image|like):)?(?P<value>.*)$",
@@ -142,7 +143,7 @@ class Searcher:
 
     def term_vector(self, term: Term) -> np.ndarray:
         if term.kind == "like":
-            return self.catalog.vectors.of_item(self.model_key, self.catalog.item(term.value))
+            return self.catalog.vectors.of_item(self.model_key, resolve_item(self.catalog, term.value))
         if term.kind == "text":
             return self.encoder.encode_text([term.value])[0]
         from ..store.images import load_rgb
@@ -164,8 +165,19 @@ class Searcher:
     def search(self, terms: list[Term], k: int = 10, min_score: float | None = None,
                exclude_like: bool = True, filters: Sequence[Clause] = (), group: bool = False) -> list[dict]:
         """The k best items for the terms, under the learned metric, among items matching the filters."""
-        skip = {self.catalog.item(t.value).id for t in terms if t.kind == "like"} if exclude_like else set()
+        skip = {resolve_item(self.catalog, t.value).id for t in terms if t.kind == "like"} if exclude_like else set()
+        filters = self.with_item_values(filters, terms)
         return self.search_vector(self.query_vector(terms), k, min_score, skip, filters, group)
+
+    def with_item_values(self, filters: Sequence[Clause], terms: Sequence[Term]) -> Sequence[Clause]:
+        """Filters with `@FIELD` replaced by the query item's values (filters.resolve_refs): the first
+        `like:` item of positive weight, else the first `like:` item."""
+        likes = sorted((t for t in terms if t.kind == "like"), key=lambda t: t.weight < 0)
+        if not likes or not has_refs(filters):
+            check_resolved(filters)
+            return filters
+        item = resolve_item(self.catalog, likes[0].value)
+        return resolve_refs(filters, item, self.catalog.metadata([item.id]).get(item.id, {}))
 
     def search_vector(self, query: np.ndarray, k: int = 10, min_score: float | None = None,
                       skip: set[int] = frozenset(), filters: Sequence[Clause] = (), group: bool = False) -> list[dict]:
@@ -260,8 +272,10 @@ class Searcher:
             if len(rows) == k:
                 break
         metadata = self.catalog.metadata([r["id"] for r in rows])
+        captions = self.catalog.captions([r["id"] for r in rows])
         for row in rows:
             row["group"] = live[row["id"]][1]
+            row["caption"] = captions.get(row["id"])
             row["meta"] = metadata.get(row["id"], {})
         return rows
 
@@ -340,11 +354,12 @@ def search_searchers(searchers: Sequence[Searcher], request: SearchRequest) -> l
     """Rows of several loaded searchers (one model) merged by score; the first encodes the query once."""
     first = searchers[0]
     query = first.query_vector(list(request.terms))
-    skip = {first.catalog.item(t.value).id for t in request.terms if t.kind == "like"}
+    skip = {resolve_item(first.catalog, t.value).id for t in request.terms if t.kind == "like"}
+    filters = first.with_item_values(request.filters, request.terms)
     merged = []
     for n, searcher in enumerate(searchers):
         rows = searcher.search_vector(query, request.k, request.min_score, skip if n == 0 else set(),
-                                      request.filters, request.group)
+                                      filters, request.group)
         merged += [{**row, "dataset": searcher.paths.name} for row in rows]
     merged.sort(key=lambda r: -r["score"])
     return [{**row, "rank": n + 1} for n, row in enumerate(merged[:request.k])]

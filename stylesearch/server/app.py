@@ -7,7 +7,10 @@ refused (403: an `Origin` other than the server's own, or `Sec-Fetch-Site` other
 so a web page the user visits cannot drive a token-less server on loopback; every body is bounded
 (413); an /api body is JSON sent as `application/json` (multipart/form-data too for searches), 415
 otherwise, so no form or `text/plain` request a page can send without CORS is ever read. The CLI
-client sends no Origin and the right Content-Type; the page's requests are same-origin.
+client sends no Origin and the right Content-Type; the page's requests are same-origin. clip-retrieval's
+routes (clip_compat.py) read any body as JSON, as its client and front send none or `text/plain`: the
+cross-site refusal above is what guards them. Origins given with `--cors-origin` are trusted like the
+page's own (not cross-site, and granted CORS).
 
 Below the app, `serve` guards connections (see `header_guarded`): a connection must send a
 request's headers within `header_timeout` seconds, and connections are capped below the file
@@ -29,13 +32,14 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 
 from ..errors import StyleSearchError, UserError
-from .config import ServerConfig, check_bind, connection_limits, is_loopback
+from .config import CLIP_PATHS, ServerConfig, check_bind, check_port_free, connection_limits, is_loopback
 from .errors import error_body, plain_error, status_of
 from .state import ServerState
 
 STATIC = Path(__file__).with_name("static")
 COOKIE = "stylesearch_token"
 UPLOAD_PATHS = ("/search",)  # endpoints taking multipart uploads (the larger body limit)
+IMAGE_BODY_PATHS = ("/knn-service",)  # bodies carrying a base64 query image (the larger body limit too)
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 LISTEN_QUEUE = 4096  # connections the kernel holds for accept() (capped by net.core.somaxconn)
 
@@ -59,7 +63,8 @@ class Guard:
         refusal = self._refusal(scope, headers)
         if refusal:
             return await _send_json(send, *plain_error(*refusal))
-        limit = self.config.max_upload_bytes if scope["path"].endswith(UPLOAD_PATHS) else self.config.max_body_bytes
+        uploads = scope["path"].endswith(UPLOAD_PATHS) or scope["path"] in IMAGE_BODY_PATHS
+        limit = self.config.max_upload_bytes if uploads else self.config.max_body_bytes
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):  # held to its declared length
             return await _send_json(send, *self._too_large(limit))
@@ -95,7 +100,7 @@ class Guard:
             if not is_loopback(host):
                 return (f"Host {host!r} is not this machine.", "Use http://127.0.0.1:PORT/.", 400)
         path = scope["path"]
-        if self.config.token and (path.startswith("/api") or path == "/health"):
+        if self.config.token and (path.startswith("/api") or path == "/health" or path in CLIP_PATHS):
             scheme, _, credentials = headers.get("authorization", "").strip().partition(" ")
             given = credentials.strip() if scheme.lower() == "bearer" else ""  # schemes: any case (RFC 7235)
             if not given:
@@ -104,7 +109,7 @@ class Guard:
             if not hmac.compare_digest(given.encode(), self.config.token.encode()):
                 return ("Missing or wrong token.", "Send 'Authorization: Bearer TOKEN', or open /?token=TOKEN once.",
                         401)
-        if scope["method"] not in SAFE_METHODS and cross_site(headers):
+        if scope["method"] not in SAFE_METHODS and cross_site(headers, self.config.cors_origins):
             return ("Cross-site request refused.", "Use the page this server serves, or a client that sends no "
                     "Origin header (the CLI, curl).", 403)
         return None
@@ -115,11 +120,14 @@ class Guard:
                            "Send less: smaller or fewer query images.", 413)
 
 
-def cross_site(headers: dict) -> bool:
+def cross_site(headers: dict, trusted: tuple[str, ...] = ()) -> bool:
     """A browser request from another origin: `Sec-Fetch-Site` other than same-origin (or none: typed
     by the user), or an `Origin` (including "null") whose host and port are not the Host it was sent
     to (or the X-Forwarded-Host of a proxy: a header no page can add without a CORS preflight, which
-    this server never grants). The scheme is not compared: a proxy may terminate TLS in front."""
+    this server grants only to `trusted` origins). The scheme is not compared: a proxy may terminate TLS
+    in front. An Origin among `trusted` (from --cors-origin, exactly as given) is not cross-site."""
+    if trusted and headers.get("origin", "").strip().lower().rstrip("/") in trusted:
+        return False
     site = headers.get("sec-fetch-site")
     if site is not None and site.strip().lower() not in ("same-origin", "none"):
         return True
@@ -157,7 +165,7 @@ def create_app(config: ServerConfig = ServerConfig(), state: ServerState | None 
     from starlette.exceptions import HTTPException
 
     from ..version import __version__
-    from . import labels, routes
+    from . import clip_compat, labels, routes
 
     bundle = _swagger_bundle()
     app = FastAPI(title="stylesearch", version=__version__, default_response_class=_json_response_class(),
@@ -169,12 +177,19 @@ def create_app(config: ServerConfig = ServerConfig(), state: ServerState | None 
     app.include_router(routes.router)
     _document_bodies(app, routes.SearchBody, routes.ManyBody)
     app.include_router(labels.router)
+    app.include_router(clip_compat.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.get("/", include_in_schema=False)(_index)
+    app.get("/favicon.ico", include_in_schema=False)(_favicon)
     app.add_exception_handler(StyleSearchError, _library_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_middleware(Guard, config=config)
+    if config.cors_origins:  # outermost: preflights answered, and refusals readable by the trusted origins
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
     return app
 
 
@@ -247,6 +262,14 @@ async def _index(request: Request):
     return response
 
 
+async def _favicon():
+    """The page's icon, also where browsers look for one unasked (an SVG)."""
+    from fastapi.responses import FileResponse
+
+    return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml",
+                        headers={"Cache-Control": "public, max-age=86400"})
+
+
 async def _library_error(request, exc: StyleSearchError):
     return _json(status_of(exc), json.dumps(error_body(exc), ensure_ascii=False).encode())
 
@@ -269,6 +292,7 @@ def serve(config: ServerConfig) -> None:
     import uvicorn
 
     check_bind(config.host, config.token)
+    check_port_free(config.host, config.port)
     app = create_app(config)
     server = app.state.server
     handler = logging.StreamHandler(sys.stderr)
@@ -276,7 +300,7 @@ def serve(config: ServerConfig) -> None:
     logging.getLogger("stylesearch.server").addHandler(handler)
     logging.getLogger("stylesearch.server").setLevel(logging.INFO)
     if config.preload:
-        server.engine.submit(server.warm_up)
+        server.start_warm_up()
     print(f"stylesearch: serving {', '.join(server.served_names()) or 'no datasets yet'} on "
           f"http://{_url_host(config.host)}:{config.port}/ (API docs at /docs)", file=sys.stderr, flush=True)
     from uvicorn.protocols.http.auto import AutoHTTPProtocol

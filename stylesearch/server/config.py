@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 
 from ..errors import UserError
@@ -11,6 +12,7 @@ from ..errors import UserError
 TOKEN_ENV = "STYLESEARCH_TOKEN"
 FD_RESERVE = 128  # descriptors kept for files opened while serving (catalogs, indexes, images)
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+CLIP_PATHS = ("/knn-service", "/metadata", "/indices-list")  # clip-retrieval's back-end routes (clip_compat.py)
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class ServerConfig:
     check_host: bool | None = None  # refuse foreign Host headers (DNS rebinding); None: when loopback, no token
     header_timeout: float = 10.0  # seconds to send a request's headers (from connect or the last response)
     max_connections: int | None = None  # open connections at most; None: what the descriptor limit allows
+    cors_origins: tuple[str, ...] = ()  # web origins trusted like the page itself (CORS allowed, not cross-site)
 
     @property
     def host_checked(self) -> bool:
@@ -50,6 +53,24 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def web_origin(text: str) -> str:
+    """A `--cors-origin` value as browsers send it in `Origin` (scheme://host[:port], lower case); UserError
+    for anything else ("*" included: trusting every site would let any page drive the server)."""
+    from urllib.parse import urlsplit
+
+    origin = text.strip().lower().rstrip("/")
+    try:
+        parts = urlsplit(origin)
+        parts.port  # noqa: B018 - a port that is not a number raises ValueError
+        valid = bool(re.fullmatch(r"https?://[a-z0-9.\-\[\]:]+", origin)) and bool(parts.hostname)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise UserError(f"Invalid CORS origin {text!r}.", "Give a web origin such as http://127.0.0.1:1235 "
+                        "(scheme, host and port only; '*' is not accepted).")
+    return origin
 
 
 def token_from_env(token: str | None) -> str | None:
@@ -69,6 +90,29 @@ def check_bind(host: str, token: str | None) -> None:
                         "the collection and write judgments.",
                         f"Pass --token SECRET (or set {TOKEN_ENV}); clients send 'Authorization: Bearer SECRET', "
                         "the page takes it once as /?token=SECRET. Or bind to 127.0.0.1.")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse at once, before anything claims to serve, an address and port that cannot be listened on
+    (bound with SO_REUSEADDR, as the server binds)."""
+    import socket
+
+    from ..errors import PortBusy
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise PortBusy(f"Cannot listen on {host}:{port}: {exc.strerror or exc}.",
+                       "Give an address of this machine, e.g. 127.0.0.1.") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise PortBusy(f"Cannot listen on {host}:{port}: {exc.strerror or exc}.",
+                           "Another program (another stylesearch serve?) may be using that port: stop it, or "
+                           "choose another port.") from None
 
 
 def connection_limits(max_connections: int | None = None) -> tuple[int, int]:

@@ -62,17 +62,20 @@ def label_session(server: ServerState, name: str, session: str, strategy: str = 
 
 
 def view(server: ServerState, name: str, session_id: str, session) -> dict:
-    """The session's current triplet (items with ids and option scores) and its counts."""
+    """The session's current triplet (items with ids and option scores, the option the metric would
+    pick and how sure it is, as the terminal labeller's ◆) and its counts."""
     from ..learn.labelling import option_scores
 
     reader = server.dataset(name).reader()
     triplet = None
     if session.current is not None:
         scores = option_scores(session) or (None, None)
+        pick, sure = session.guess()
         anchor, left, right = (reader.item(p) for p in session.current)
         triplet = {"anchor": {"id": anchor.id, "path": anchor.path},
                    "left": {"id": left.id, "path": left.path, "score": round(scores[0], 4)},
-                   "right": {"id": right.id, "path": right.path, "score": round(scores[1], 4)}}
+                   "right": {"id": right.id, "path": right.path, "score": round(scores[1], 4)},
+                   "pick": pick, "sure": None if sure is None else round(sure, 4)}
     return {"dataset": name, "session": session_id, "triplet": triplet, "status": session.status()}
 
 

@@ -185,8 +185,10 @@ def distances(state: DatasetState, ref: str, raw: bool, limit: int | None) -> di
     from ..learn.metric import distance_of_score
     from ..query.search import Term
 
+    from ..query.items import resolve_item
+
     searcher = state.searcher(raw=raw)
-    item = searcher.catalog.item(ref)
+    item = resolve_item(searcher.catalog, ref)
     query = searcher.query_vector([Term(1.0, "like", str(item.id))])
     key = searcher.model_key
     ids, vectors = state.cached_value(f"vectors:{key}", state.catalog_stamp(),
@@ -228,7 +230,9 @@ def one_item(state: DatasetState, ref: str) -> dict:
 
 
 def _live_item(state: DatasetState, ref: str):
-    item = state.reader().item(ref)
+    from ..query.items import resolve_item
+
+    item = resolve_item(state.reader(), ref)
     if item.status != "ok":
         raise ItemNotFound(f"Item {ref} of {state.paths.name!r} is {item.status}.", dataset=state.paths.name)
     return item

@@ -47,11 +47,12 @@ def cached_file(path) -> Response:
 
 @router.get("/health", tags=["server"])
 async def health(request: Request) -> dict:
-    """Status, version, uptime, served datasets with their warm model and index, loaded models."""
+    """Status, version, uptime, served datasets with their warm model and index, loaded models;
+    `ready` is false while `serve` is still loading its datasets at start-up."""
     server = server_of(request)
     datasets = [_health_of(server, n) for n in server.served_names()]
     models = sorted({m["model_key"] for d in datasets for m in d.get("models", []) if m["encoder_loaded"]})
-    return {"status": "ok", "version": __version__, "uptime_s": round(time.monotonic() - server.started, 3),
+    return {"status": "ok", "ready": server.ready, "version": __version__, "uptime_s": round(time.monotonic() - server.started, 3),
             "datasets": datasets, "models": models, "pending": server.pending}
 
 
@@ -74,6 +75,16 @@ async def datasets(request: Request) -> list:
     names = set(server.served_names())
     rows = await server.run(list_datasets, server.config.root)
     return [row for row in rows if row["name"] in names]
+
+
+@router.get("/api/models", tags=["datasets"])
+async def models(request: Request) -> list:
+    """The models the served datasets are embedded with (key, name, weights, dimension, datasets); a
+    search names one with `model` and `pretrained`."""
+    from ..store.datasets import list_models
+
+    server = server_of(request)
+    return await server.run(list_models, server.served_names(), server.config.root)
 
 
 @router.get("/api/datasets/{name}", tags=["datasets"])
@@ -99,6 +110,7 @@ async def item(request: Request, item_id: str = ITEM_ID, name: str = NAME) -> di
     return await server.run(lambda: queries.one_item(server.dataset(name), item_id))
 
 
+@router.head("/api/datasets/{name}/items/{item_id}/image", include_in_schema=False)
 @router.get("/api/datasets/{name}/items/{item_id}/image", tags=["items"], response_class=FileResponse)
 async def item_image(request: Request, item_id: str = ITEM_ID, name: str = NAME):
     """The item's original file (only catalogued files are ever served)."""
@@ -106,6 +118,7 @@ async def item_image(request: Request, item_id: str = ITEM_ID, name: str = NAME)
     return cached_file(await server.run(lambda: queries.item_file(server.dataset(name), item_id, False)))
 
 
+@router.head("/api/datasets/{name}/items/{item_id}/thumb", include_in_schema=False)
 @router.get("/api/datasets/{name}/items/{item_id}/thumb", tags=["items"], response_class=FileResponse)
 async def item_thumb(request: Request, item_id: str = ITEM_ID, name: str = NAME):
     """The item's thumbnail (from `transform`), else its original file."""
@@ -113,6 +126,7 @@ async def item_thumb(request: Request, item_id: str = ITEM_ID, name: str = NAME)
     return cached_file(await server.run(lambda: queries.item_file(server.dataset(name), item_id, True)))
 
 
+@router.head("/api/datasets/{name}/atlas/{page}", include_in_schema=False)
 @router.get("/api/datasets/{name}/atlas/{page}", tags=["items"], response_class=FileResponse)
 async def atlas_page(request: Request, page: int, name: str = NAME):
     """One sprite atlas page (PNG); the map's `atlas.sprites` give each item's tile on it."""

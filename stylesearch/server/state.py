@@ -187,6 +187,7 @@ class ServerState:
         self.encoders: dict[str, object] = {}  # model key -> query encoder, shared by every dataset
         self.label_sessions: OrderedDict[tuple[str, str], tuple[tuple, object]] = OrderedDict()
         self.triplets_lock = threading.Lock()  # one append at a time to any judgments log
+        self.warming = False  # datasets still being loaded at start-up (/health: not ready)
 
     def served_names(self) -> list[str]:
         return sorted(self.config.datasets) or list_dataset_names(self.config.root)
@@ -214,16 +215,36 @@ class ServerState:
         finally:
             self.pending -= 1
 
+    def start_warm_up(self) -> None:
+        """Load the served datasets in the background; /health says ready once they are loaded."""
+        self.warming = True
+        self.engine.submit(self.warm_up)
+
+    @property
+    def ready(self) -> bool:
+        return not self.warming
+
     def warm_up(self) -> None:
-        """Load each served dataset's index and query model (on the engine thread, at start-up)."""
+        """Load each served dataset's index and query model, its image tower included (on the engine
+        thread, at start-up): the ONNX export's when there is one, else torch's model."""
+        try:
+            self._warm_datasets()
+        finally:
+            self.warming = False
+
+    def _warm_datasets(self) -> None:
         for name in self.served_names():
             try:
                 state = self.dataset(name)
                 searcher = state.searcher()
                 started = time.monotonic()
-                searcher.encoder.encode_text(["warm-up"])
+                probe = searcher.encoder.encode_text(["warm-up"])[0]
+                searcher.search_vector(probe, 1)  # reads the index in: the first query's search is quick too
+                warm_image = getattr(searcher.encoder, "warm_image", None)  # a stand-in encoder may lack it
+                images = warm_image() if warm_image else "not warmed"
                 state.keep_encoder(searcher)
-                log.info("%s: model %s ready (%.1f s)", name, searcher.model_key, time.monotonic() - started)
+                log.info("%s: model %s ready, image queries by %s (%.1f s)", name, searcher.model_key, images,
+                         time.monotonic() - started)
             except Exception as exc:  # a dataset that cannot be warmed still answers what it can
                 log.warning("dataset %s not warmed up: %s", name, getattr(exc, "message", exc))
 

@@ -216,6 +216,12 @@ class Catalog:
                                "Use an item id or catalog path, as search results show them.", dataset=self.paths.name)
         return Item(*row)
 
+    def items_where(self, where_sql: str, args: Sequence = (), limit: int = 50) -> list[Item]:
+        """Items matching an SQL condition on the items table (by id, at most `limit`)."""
+        rows = self.conn.execute(f"SELECT {self._cols} FROM items WHERE {where_sql} ORDER BY id LIMIT ?",
+                                 (*args, limit))
+        return [Item(*r) for r in rows]
+
     def items_with_hash(self, content_hash: str) -> list[Item]:
         rows = self.conn.execute(f"SELECT {self._cols} FROM items WHERE content_hash=?", (content_hash,))
         return [Item(*r) for r in rows]
@@ -235,6 +241,18 @@ class Catalog:
         self.conn.execute("DELETE FROM item_meta WHERE item_id=?", (item_id,))
         self.conn.executemany("INSERT INTO item_meta VALUES(?,?,?,?)",
                               [(item_id, k, text, num) for k, text, num in meta_rows(merged)])
+
+    def merge_metadata_many(self, updates: dict[int, dict]) -> None:
+        """set_metadata (merging) for many items at once, in a few statements (bulk imports)."""
+        current, stamp = self.metadata(updates), now_iso()
+        merged = {i: {k: v for k, v in {**current.get(i, {}), **meta}.items() if v is not None}
+                  for i, meta in updates.items()}
+        self.conn.executemany("UPDATE items SET meta=?, updated_at=? WHERE id=?",
+                              [(json.dumps(m, sort_keys=True) if m else None, stamp, i) for i, m in merged.items()])
+        for marks, chunk in in_chunks(merged):
+            self.conn.execute(f"DELETE FROM item_meta WHERE item_id IN ({marks})", chunk)
+        self.conn.executemany("INSERT INTO item_meta VALUES(?,?,?,?)",
+                              [(i, k, text, num) for i, m in merged.items() for k, text, num in meta_rows(m)])
 
     def set_group(self, item_id: int, group_id: str | None) -> None:
         self.conn.execute("UPDATE items SET group_id=? WHERE id=?", (group_id, item_id))
@@ -258,6 +276,14 @@ class Catalog:
         for marks, chunk in in_chunks(ids):
             out.update({r[0]: (r[1], r[2]) for r in self.conn.execute(
                 f"SELECT {cols} FROM items WHERE status='ok' AND id IN ({marks})", chunk)})
+        return out
+
+    def captions(self, ids: Iterable[int]) -> dict[int, str]:
+        """Captions of the given items (items without one are left out)."""
+        out = {}
+        for marks, chunk in in_chunks(ids):
+            out.update(self.conn.execute(
+                f"SELECT id, caption FROM items WHERE caption IS NOT NULL AND id IN ({marks})", chunk).fetchall())
         return out
 
     def metadata_fields(self) -> dict[str, int]:
@@ -305,6 +331,19 @@ class Catalog:
     def item_paths(self) -> set[str]:
         """The path of every catalogued item, whatever its status (to find files no item names)."""
         return {row[0] for row in self.conn.execute("SELECT path FROM items")}
+
+
+def meta_value(meta: dict, key: str):
+    """The value a filter key names in an item's metadata (see meta_rows): the key itself, else a dotted
+    path into nested objects; None when there is none."""
+    if key in meta:
+        return meta[key]
+    value = meta
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
 
 
 def meta_rows(meta: dict, prefix: str = "") -> list[tuple[str, str | None, float | None]]:

@@ -17,6 +17,17 @@ def create_dataset(paths: DatasetPaths) -> None:
     open_catalog(paths, create=True).close()
 
 
+def adoptable_images(paths: DatasetPaths) -> bool:
+    """Whether a dataset without a catalog has an images/ folder with something in it, which embedding
+    can adopt as a new dataset."""
+    if paths.catalog.exists() or not paths.images.is_dir():
+        return False
+    try:
+        return any(True for _ in paths.images.iterdir())
+    except OSError:
+        return False
+
+
 def list_datasets(root: str | os.PathLike | None = None) -> list[dict]:
     """Name, path and item counts of every dataset under the root.
 
@@ -40,6 +51,23 @@ def list_datasets(root: str | os.PathLike | None = None) -> list[dict]:
     return out
 
 
+def list_models(names: list[str], root: str | os.PathLike | None = None) -> list[dict]:
+    """The models the named datasets are embedded with: key, name, weights, dimension and the datasets
+    holding vectors of each (unreadable datasets are left out; see list_datasets)."""
+    models: dict[str, dict] = {}
+    for name in names:
+        try:
+            with open_catalog(existing_dataset(name, root), readonly=True) as cat:
+                rows = cat.vectors.models()
+        except (StyleSearchError, sqlite3.DatabaseError):
+            continue
+        for m in rows:
+            entry = models.setdefault(m["model_key"], {"model_key": m["model_key"], "model": m["model_name"],
+                                                       "pretrained": m["pretrained"], "dim": m["dim"], "datasets": []})
+            entry["datasets"].append(name)
+    return sorted(models.values(), key=lambda m: m["model_key"])
+
+
 def count_lines(path) -> int:
     try:
         with open(path, "rb") as fh:
@@ -60,6 +88,7 @@ def describe(name: str, root: str | os.PathLike | None = None) -> dict:
         key = model["model_key"]
         model["index"] = read_json_or_none(paths.index_sidecar(key))  # None: missing or damaged
         model["metric"] = read_json_or_none(paths.metric_meta(key))
+        model["heads"] = {f: read_json_or_none(paths.head_meta(key, f)) for f in paths.head_fields(key)}
     return {
         "name": name,
         "root": str(datasets_root(root)),

@@ -132,6 +132,24 @@ class DatasetPaths:
         """Diagonal weights as written by stylesearch 0.1 (read, never written)."""
         return self.metric_dir(model_key) / "weights.npy"
 
+    def heads_dir(self, model_key: str) -> Path:
+        """Learned attribute heads of a model (learn/heads.py), one pair of files per metadata field."""
+        return self.home / "heads" / model_key
+
+    def head_arrays(self, model_key: str, field: str) -> Path:
+        """A head's parameters (.npz); `field` is a filter field name (letters, digits, '_', '.', '-')."""
+        return self.heads_dir(model_key) / f"{_head_name(field)}.npz"
+
+    def head_meta(self, model_key: str, field: str) -> Path:
+        """A head's description and training report (JSON)."""
+        return self.heads_dir(model_key) / f"{_head_name(field)}.json"
+
+    def head_fields(self, model_key: str) -> list[str]:
+        """Fields with a saved head for the model, sorted."""
+        folder = self.heads_dir(model_key)
+        names = (p.stem for p in folder.glob("*.npz")) if folder.is_dir() else ()
+        return sorted(n for n in names if _HEAD_NAME.fullmatch(n))
+
     def onnx_dir(self, model_key: str) -> Path:
         """ONNX exports of a model's towers (made once, used by torch-free queries)."""
         return self.home / "onnx" / model_key
@@ -194,6 +212,15 @@ class DatasetPaths:
 
 
 _ATLAS_PAGE = re.compile(r"atlas-\d{1,6}\.png")
+_HEAD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,99}")
+
+
+def _head_name(field: str) -> str:
+    """A field name usable as a file name (the filter grammar's field names; never '..' or a path)."""
+    if not _HEAD_NAME.fullmatch(field):
+        raise UserError(f"Cannot learn field {field!r}: a field name is letters, digits, '_', '.' or '-', "
+                        "starting with a letter or '_' (at most 100 characters).")
+    return field
 
 
 def thumb_format(paths: DatasetPaths) -> str | None:

@@ -14,7 +14,8 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Header, Static
 
 from ..errors import StyleSearchError
-from ..learn.labelling import LabelSession, option_scores
+from ..learn.judgments import CHOICE_WORDS
+from ..learn.labelling import LabelSession
 
 
 class Pane(Vertical):
@@ -68,24 +69,29 @@ def letterbox(image_path, cells_wide: int, cells_high: int, background=(18, 18, 
     return canvas
 
 
+PROBLEMS = ("Not recorded", "Not undone", "Retraining failed", "No unseen")
+
+
 class LabelApp(App):
     """Judge which option is more similar to the anchor."""
 
     TITLE = "stylesearch label"
     CSS = """
     #panes { height: 1fr; }
-    #guess { height: 1; padding: 0 1; color: $text-muted; }
-    #status { height: 1; padding: 0 1; background: $boost; }
-    #message { height: 1; padding: 0 1; color: $warning; }
+    #guess { height: auto; max-height: 2; padding: 0 1; color: $text-muted; }
+    #status { height: auto; max-height: 2; padding: 0 1; background: $boost; }
+    #message { height: 1; padding: 0 1; color: $success; }
+    #message.problem { color: $warning; }
     """
-    BINDINGS = [
-        Binding("a,left", "choose('left')", "A/← left"),
-        Binding("b,right", "choose('right')", "B/→ right"),
-        Binding("s", "choose('too_similar')", "S too similar"),
-        Binding("d", "choose('anchor_different')", "D anchor different"),
-        Binding("space", "choose('unknown')", "Space don't know"),
-        Binding("u", "undo", "U undo"),
-        Binding("q", "quit", "Q quit"),
+    ENABLE_COMMAND_PALETTE = False  # its footer entry would push the keys out of an 80-column terminal
+    BINDINGS = [  # short enough for the footer of an 80-column terminal
+        Binding("a,left", "choose('left')", "left", key_display="A/←"),
+        Binding("b,right", "choose('right')", "right", key_display="B/→"),
+        Binding("s", "choose('too_similar')", "similar", key_display="S"),
+        Binding("d", "choose('anchor_different')", "different", key_display="D"),
+        Binding("space", "choose('unknown')", "don't know", key_display="Space"),
+        Binding("u", "undo", "undo", key_display="U"),
+        Binding("q", "quit", "quit", key_display="Q"),
     ]
 
     def __init__(self, session: LabelSession, image_widget=None, strategy: str = "random"):
@@ -96,7 +102,8 @@ class LabelApp(App):
         self.image_widget = image_widget
         self.strategy = strategy
         self.retraining = False
-        self.sub_title = f"{session.paths.name} · {session.model_key}"
+        self.note = ""  # the last confirmation or problem shown
+        self.sub_title = f"{session.paths.name} · {session.model_key} · {strategy} triplets"
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
@@ -116,7 +123,10 @@ class LabelApp(App):
     def on_resize(self) -> None:
         self.call_after_refresh(self.refresh_view)
 
-    def refresh_view(self, message: str = "") -> None:
+    def refresh_view(self, message: str | None = None) -> None:
+        """Show the current triplet with its marks; `message` replaces the line above the status (None keeps it)."""
+        self.note = self.note if message is None else message
+        message = self.note
         current = self.session.current
         panes = {name: self.query_one(f"#{name}", Pane) for name in ("anchor", "left", "right")}
         if current is None:
@@ -125,12 +135,15 @@ class LabelApp(App):
             message = message or "No unseen triplets left: press Q to quit (or U to undo)."
         else:
             anchor, left, right = current
-            scores = dict(zip(("left", "right"), option_scores(self.session)))
-            pick = self.session.guess()[0]
+            marks = self.session.marks()
+            scores = dict(zip(("left", "right"), marks.scores))
+            pick = marks.guess[0]
             panes["anchor"].show(self.session.image_path(anchor), anchor)
             for side, path in (("left", left), ("right", right)):
                 panes[side].show(self.session.image_path(path), f"{path}  score {scores[side]:.3f}", side == pick)
-        self.query_one("#message", Static).update(message)
+        line = self.query_one("#message", Static)
+        line.update(message)
+        line.set_class(message.startswith(PROBLEMS), "problem")
         self.query_one("#guess", Static).update(self.guess_line())
         self.query_one("#status", Static).update(self.status_line())
 
@@ -150,13 +163,14 @@ class LabelApp(App):
         return " · ".join(parts)
 
     def status_line(self) -> str:
+        """Counts, and how well the metric predicts answers it was not fitted on, in plain words."""
         st = self.session.status()
         c = st["counts"]
-        agree = (f"held-out agreement {st['agreement']:.3f}" if st["agreement"] is not None
-                 else "no held-out agreement yet")
-        return (f"session {st['session']} · total {st['total']} · L {c['left']} R {c['right']} "
-                f"similar {c['too_similar']} different {c['anchor_different']} unknown {c['unknown']} · "
-                f"{agree} · strategy {self.strategy}")
+        agree = (f"the metric predicts {st['agreement']:.0%} of the answers it was not fitted on"
+                 if st["agreement"] is not None else "no metric fitted yet")
+        return (f"{st['session']} judged now, {st['total']} in all (left {c['left']}, right {c['right']}, "
+                f"similar {c['too_similar']}, different {c['anchor_different']}, don't know {c['unknown']}) · "
+                f"{agree}")
 
     def action_choose(self, choice: str) -> None:
         try:
@@ -166,7 +180,7 @@ class LabelApp(App):
             return
         if recorded is not None:
             self.maybe_retrain()
-            self.refresh_view()
+            self.refresh_view(f"Recorded: {CHOICE_WORDS[choice]} (U undoes it).")
 
     def maybe_retrain(self) -> None:
         """Refit in a worker thread when the session says so (one at a time)."""
@@ -178,12 +192,12 @@ class LabelApp(App):
     def _retrain(self) -> None:
         try:
             self.session.retrain()
-            note = ""
+            note = None
         except Exception as exc:  # noqa: BLE001 - keep labelling with the previous metric
             note = f"Retraining failed ({exc}); keeping the previous metric."
         self.call_from_thread(self._retrained, note)
 
-    def _retrained(self, note: str) -> None:
+    def _retrained(self, note: str | None) -> None:
         self.retraining = False
         self.refresh_view(note)
         self.maybe_retrain()
@@ -194,4 +208,5 @@ class LabelApp(App):
         except StyleSearchError as exc:
             self.refresh_view(f"Not undone: {exc.message}")
             return
-        self.refresh_view("Undone." if record else "Nothing to undo in this session.")
+        self.refresh_view(f"Undone: {CHOICE_WORDS[record['choice']]}; judge this one again."
+                          if record else "Nothing to undo in this session.")

@@ -83,16 +83,23 @@ def load_export(paths, model_key: str) -> OnnxExport | None:
 
 
 def session(path: Path, single_run: bool = False):
-    """An onnxruntime CPU session; `single_run` starts faster (basic graph optimisations, no weight
-    prepacking) at the cost of slower runs: right for one query, wrong for embedding."""
+    """An onnxruntime CPU session on every core; `single_run` starts faster (basic graph optimisations,
+    no weight prepacking) at the cost of slower runs: right for one query, wrong for embedding. An
+    embedding session has every graph optimisation and threads that sleep instead of spinning between
+    operators, leaving those moments to the decode processes beside it."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = available_cores()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
     if single_run:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         options.add_session_config_entry("session.disable_prepacking", "1")
+    else:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -144,33 +151,37 @@ class OnnxImageTower:
 
 def decoded_batches(files: Sequence[Path], preprocess: Preprocess, batch_size: int,
                     workers: int) -> Iterator[tuple[list[int], np.ndarray | None, list[tuple[int, str]]]]:
-    """(indices, pixels, failures) per batch; files are decoded in `workers` processes (0: here)."""
+    """(indices, pixels, failures) per batch; files are decoded in `workers` processes (0: here).
+
+    The next batch is decoded while the caller runs the model on this one, and no further: at most
+    two batches are in memory however slow the model (an unbounded read-ahead held every decoded
+    image of a run whose model was slower than its decoding)."""
     load = partial(load_item, transform=preprocess, draft=preprocess)
-    if workers:
-        import multiprocessing
+    starts = range(0, len(files), batch_size)
+    if not workers:
+        for start in starts:
+            yield _stack(start, [load(f) for f in files[start:start + batch_size]])
+        return
+    import multiprocessing
 
-        pool = multiprocessing.Pool(workers)
-        results = pool.imap(load, files, chunksize=4)
-    else:
-        pool, results = None, map(load, files)
+    pool = multiprocessing.Pool(workers)
+    chunk = max(1, batch_size // (workers * 4))
     try:
-        batch: list = []
-        for i, (pixels, error) in enumerate(results):
-            batch.append((i, pixels, error))
-            if len(batch) == batch_size:
-                yield _stack(batch)
-                batch = []
-        if batch:
-            yield _stack(batch)
+        pending = None
+        for start in starts:
+            pending = pending or pool.map_async(load, files[start:start + batch_size], chunk)
+            results = pending.get()
+            following = files[start + batch_size:start + 2 * batch_size]
+            pending = pool.map_async(load, following, chunk) if following else None
+            yield _stack(start, results)
     finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        pool.terminate()
+        pool.join()
 
 
-def _stack(batch):
-    good = [(i, p) for i, p, _ in batch if p is not None]
-    bad = [(i, err) for i, p, err in batch if p is None]
+def _stack(start: int, results: list) -> tuple[list[int], np.ndarray | None, list[tuple[int, str]]]:
+    good = [(start + n, pixels) for n, (pixels, _) in enumerate(results) if pixels is not None]
+    bad = [(start + n, error) for n, (pixels, error) in enumerate(results) if pixels is None]
     return [i for i, _ in good], (np.stack([p for _, p in good]) if good else None), bad
 
 
@@ -195,7 +206,8 @@ class OnnxEncoder:
 
     def _measure_agreement(self, pixels: np.ndarray, vectors: np.ndarray) -> None:
         n = AGREEMENT_SAMPLE - len(self._agreement)
-        self._exact = self._exact or OnnxImageTower(self.export, "image")
+        # a quick-start session: it runs once or twice, for AGREEMENT_SAMPLE images
+        self._exact = self._exact or OnnxImageTower(self.export, "image", single_run=True)
         self._agreement += np.sum(self._exact.encode(pixels[:n]) * vectors[:n], axis=1).tolist()
         if len(self._agreement) >= AGREEMENT_SAMPLE:
             self._exact = None

@@ -31,6 +31,8 @@ class QueryEncoder(Protocol):
 
     def encode_image(self, image) -> np.ndarray: ...  # a decoded RGB PIL image -> one unit vector
 
+    def warm_image(self) -> str: ...  # make image queries fast from the first one: the backend that will answer
+
 
 class TorchQueryEncoder:
     """Query vectors from the open_clip model loaded in this process (loaded on first use)."""
@@ -53,6 +55,11 @@ class TorchQueryEncoder:
 
     def encode_image(self, image) -> np.ndarray:
         return self.model.encode_images(self.model.preprocess(image).unsqueeze(0))[0]
+
+    def warm_image(self) -> str:
+        """Load the model and encode a probe image, so the first image query costs no model load."""
+        self.encode_image(_probe_image())
+        return "torch"
 
 
 class OnnxQueryEncoder:
@@ -99,12 +106,23 @@ class OnnxQueryEncoder:
         out = self._run("text", lambda quick: OnnxTextTower(self.export, quick), lambda t: t.encode(texts))
         return out if out is not None else self.fallback.encode_text(texts)
 
-    def encode_image(self, image) -> np.ndarray:
+    def _onnx_image(self, image) -> np.ndarray | None:
         from .onnx import OnnxImageTower
 
-        out = self._run("image", lambda quick: OnnxImageTower(self.export, single_run=quick),
-                        lambda t: t.encode_image(image))
+        return self._run("image", lambda quick: OnnxImageTower(self.export, single_run=quick),
+                         lambda t: t.encode_image(image))
+
+    def encode_image(self, image) -> np.ndarray:
+        out = self._onnx_image(image)
         return out if out is not None else self.fallback.encode_image(image)
+
+    def warm_image(self) -> str:
+        """Make the ONNX image tower ready for queries (its fast session; the first use makes a quick-start
+        one), without torch; torch's model when there is no usable image export."""
+        if self.export.tower("image") is not None and all(self._onnx_image(_probe_image()) is not None
+                                                          for _ in range(2)):
+            return "onnx"
+        return self.fallback.warm_image()
 
 
 class QueryCache:
@@ -210,6 +228,15 @@ class CachedQueryEncoder:
 
     def encode_image(self, image) -> np.ndarray:
         return self.inner.encode_image(image)
+
+    def warm_image(self) -> str:
+        return self.inner.warm_image()
+
+
+def _probe_image():
+    from PIL import Image
+
+    return Image.new("RGB", (64, 64), (128, 128, 128))
 
 
 def query_encoder(paths: DatasetPaths, spec: ModelSpec, device: str = "auto", cache: bool = True,

@@ -4,7 +4,7 @@
 document.addEventListener("keydown", (e) => {
   if (e.key === "/" && !e.target.matches("input, select")) {
     e.preventDefault();
-    if (currentView() !== "search") location.hash = "#search";
+    if (currentView() !== "search") go({ view: "search", item: null });
     $("#q").focus();
   } else if (e.key === "Escape" && e.target.matches("input")) {
     e.target.blur();
@@ -15,16 +15,15 @@ async function start() {
   setupSearch();
   setupMap();
   setupLabel();
-  $("#dataset").addEventListener("change", (e) => {
-    state.dataset = e.target.value;
-    localStorage.setItem("stylesearch.dataset", state.dataset);
-    $("#results").replaceChildren();
-    showView();
-  });
-  window.addEventListener("hashchange", showView);
+  for (const view of VIEWS) {
+    $(`#nav-${view}`).addEventListener("click", (e) => { e.preventDefault(); go({ view }); });
+  }
+  $("#dataset").addEventListener("change", (e) => go({ dataset: e.target.value, q: null, where: null, item: null }));
+  window.addEventListener("popstate", applyUrl);
   loadHealth();
   try { await loadDatasets(); } catch (error) { fail(error); }
-  showView();
+  applyUrl();
+  if (currentView() === "search" && !$("#q").value) $("#q").focus();
 }
 
 start();

@@ -1,8 +1,8 @@
-// stylesearch page, shared: API calls, messages, element helper, views. Plain JavaScript, no framework.
+// stylesearch page, shared: API calls, messages, element helper. Plain JavaScript, no framework.
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { dataset: null, images: [], results: [], map: null, label: null, busy: false };
+const state = { dataset: null, datasets: [], images: [], results: [], map: null, label: null, busy: false };
 
 async function api(path, options = {}) {
   const response = await fetch(path, { credentials: "same-origin", ...options });
@@ -16,15 +16,21 @@ async function api(path, options = {}) {
   return body;
 }
 
+const aborted = (error) => error?.name === "AbortError";
+
 function showMessage(text) {
   const box = $("#message");
   box.textContent = text || "";
   box.hidden = !text;
 }
 
-function fail(error) {
+function errorText(error) {
   const step = error.step ? `\nRun \`stylesearch ${error.step} ${state.dataset}\` first.` : "";
-  showMessage(error.message + step);
+  return error.message + step;
+}
+
+function fail(error) {
+  if (!aborted(error)) showMessage(errorText(error));
 }
 
 const ds = () => `/api/datasets/${encodeURIComponent(state.dataset)}`;
@@ -42,36 +48,28 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
-// ------------------------------------------------------------------ datasets, health, views
+// A path as text that wraps only after "/", "-" or "_" (never inside a word).
+function breakable(text) {
+  const out = document.createDocumentFragment();
+  for (const part of String(text).split(/(?<=[/_-])/)) out.append(part, el("wbr"));
+  return out;
+}
+
+// ------------------------------------------------------------------ datasets and health
 
 async function loadDatasets() {
   const rows = await api("/api/datasets");
-  const select = $("#dataset");
-  select.replaceChildren(...rows.map((r) => el("option", { value: r.name, textContent: `${r.name} (${r.items ?? "?"})` })));
-  const saved = new URLSearchParams(location.search).get("dataset") || localStorage.getItem("stylesearch.dataset");
-  state.dataset = rows.some((r) => r.name === saved) ? saved : rows[0]?.name || null;
-  select.value = state.dataset || "";
-  if (!state.dataset) showMessage("No datasets yet: create one with `stylesearch download` or `stylesearch embed`.");
+  state.datasets = rows.map((r) => r.name);
+  $("#dataset").replaceChildren(...rows.map((r) =>
+    el("option", { value: r.name, textContent: `${r.name} (${r.items ?? "?"})` })));
+  if (!rows.length) showMessage("No datasets yet: create one with `stylesearch download` or `stylesearch embed`.");
 }
 
 async function loadHealth() {
   try {
     const h = await api("/health");
-    $("#health").textContent = `v${h.version} · ${h.datasets.length} dataset(s) · up ${Math.round(h.uptime_s)} s`;
+    $("#health").textContent = `v${h.version} · ${h.datasets.length} dataset(s)` +
+      (h.ready === false ? " · loading…" : "");
+    if (h.ready === false) setTimeout(loadHealth, 1000);
   } catch (error) { $("#health").textContent = "server unreachable"; }
-}
-
-function currentView() { return (location.hash.replace("#", "").split("?")[0]) || "search"; }
-
-function showView() {
-  const view = currentView();
-  for (const name of ["search", "map", "label"]) {
-    $(`#view-${name}`).hidden = name !== view;
-    $(`#nav-${name}`).classList.toggle("active", name === view);
-  }
-  showMessage("");
-  if (!state.dataset) return;
-  if (view === "map") loadMap();
-  if (view === "label") loadLabel();
-  if (view === "search") $("#q").focus();
 }

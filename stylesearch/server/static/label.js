@@ -1,5 +1,11 @@
-// Labelling view: the anchor between two options; the terminal labeller's keys.
+// Labelling view: the anchor between two options; the terminal labeller's keys and its ◆ (the
+// option the current metric would pick). After each answer, what was recorded is shown with the
+// triplet it was about; undo brings that triplet back.
 "use strict";
+
+const CHOICE_WORDS = { left: "A (left) is more like the anchor", right: "B (right) is more like the anchor",
+  too_similar: "A and B are too similar to tell", anchor_different: "the anchor is too different from both",
+  unknown: "don't know" };
 
 function sessionId() {
   const key = `stylesearch.session.${state.dataset}`;
@@ -24,13 +30,44 @@ function showLabel(view) {
     const pane = $(`#pane-${side}`), item = t && t[side];
     pane.querySelector("img").src = item ? thumbUrl(item.id) : "";
     pane.querySelector("img").alt = item ? item.path : "";
-    pane.querySelector(".caption").textContent = item
-      ? `${item.path}${item.score !== undefined ? ` · score ${item.score.toFixed(3)}` : ""}` : "";
+    pane.dataset.id = item ? item.id : "";
+    pane.classList.toggle("picked", Boolean(t && t.pick === side));
+    pane.querySelector(".pick").textContent = t && t.pick === side ? "◆ metric's pick" : "";
+    const caption = pane.querySelector(".caption");
+    caption.replaceChildren(...(item ? [breakable(item.path)] : []));
+    if (item && item.score !== undefined) caption.append(el("span", { className: "score", textContent: ` score ${item.score.toFixed(3)}` }));
   }
-  const s = view.status;
-  $("#label-status").textContent = t === null ? "Every triplet has been judged." :
-    `${s.total} judgments (${s.session} this session)` +
-    (s.agreement != null ? ` · metric agreement ${Number(s.agreement).toFixed(3)}` : "");
+  $("#label-guess").textContent = t === null ? "" : guessWords(t, view.status);
+  $("#label-status").textContent = t === null ? `Every triplet has been judged. ${countWords(view.status)}`
+    : countWords(view.status);
+}
+
+function guessWords(t, s) {
+  const side = { left: "A (left)", right: "B (right)" };
+  const pick = t.pick ? `The metric would pick ${side[t.pick]}` + (t.sure != null ? `, ${Math.round(t.sure * 100)}% sure.` : ".")
+    : "The metric has no preference here.";
+  const record = s.guesses ? ` It guessed ${s.guessed_right} of your last ${s.guesses} A/B answers.` : "";
+  return pick + record;
+}
+
+function countWords(s) {
+  const count = `${s.total} judgment${s.total === 1 ? "" : "s"} recorded in ${state.dataset} (${s.session} in this session).`;
+  const agreement = s.agreement != null
+    ? ` The metric agrees with ${Math.round(Number(s.agreement) * 100)}% of the answers it was checked on.`
+    : ` No metric agreement yet: run \`stylesearch train ${state.dataset}\` after some judgments.`;
+  return count + agreement;
+}
+
+// What was recorded (or withdrawn) about which triplet: small images, the chosen one outlined.
+function showRecorded(verb, triplet, choice) {
+  const box = $("#label-recorded");
+  const thumbs = ["anchor", "left", "right"].map((side) => el("img", { src: thumbUrl(triplet[side].id),
+    alt: `${side}: ${triplet[side].path}`, className: side === choice ? "chosen" : "", title: triplet[side].path }));
+  box.replaceChildren(el("span", { className: "thumbs" }, ...thumbs),
+    el("span", { textContent: `${verb}: ${CHOICE_WORDS[choice] || choice}` }));
+  box.dataset.verb = verb.toLowerCase();
+  box.dataset.anchor = triplet.anchor.id;
+  box.hidden = false;
 }
 
 async function judge(choice) {
@@ -43,8 +80,7 @@ async function judge(choice) {
       body: JSON.stringify({ dataset: state.dataset, session: sessionId(), anchor: t.anchor.path, left: t.left.path,
         right: t.right.path, choice }),
     });
-    const flash = { left: "#pane-left", right: "#pane-right" }[choice];
-    if (flash) { $(flash).classList.add("flash"); setTimeout(() => $(flash).classList.remove("flash"), 150); }
+    showRecorded("Recorded", t, answer.record?.choice || choice);
     showLabel(answer.next);
   } catch (error) { fail(error); } finally { state.busy = false; }
 }
@@ -58,6 +94,8 @@ async function undo() {
       body: JSON.stringify({ dataset: state.dataset, session: sessionId() }),
     });
     showLabel(answer.next);
+    if (answer.undone && answer.next.triplet) showRecorded("Withdrawn", answer.next.triplet, answer.undone.choice);
+    else $("#label-recorded").replaceChildren("Nothing to undo in this session.");
   } catch (error) { fail(error); } finally { state.busy = false; }
 }
 

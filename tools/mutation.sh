@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Mutation testing of the core with mutmut 3 (not part of CI; install with `pip install -e '.[mutation]'`).
+#
+#   tools/mutation.sh PACKAGE [PACKAGE...]     e.g. tools/mutation.sh store scan
+#   tools/mutation.sh list                     the packages, their source files and test files
+#
+# For each package, the checkout as it is now (stylesearch/, tests/, pyproject.toml) is copied to
+# $MUTATION_DIR/PACKAGE (default /tmp/stylesearch-mutation), mutmut is configured there to mutate only
+# that package's files, and every mutant is run against `pytest -m "not slow"` on the package's test
+# files (only the tests that reach the mutated function run; one process: MUTATION_CHILDREN=1).
+# Prints killed/survived/other counts and the wall time per package, then the surviving mutants;
+# `cd $MUTATION_DIR/PACKAGE && mutmut show NAME` shows one as a diff.
+set -euo pipefail
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+mutmut="${MUTMUT:-$repo/.venv/bin/mutmut}"
+python="${PYTHON:-$repo/.venv/bin/python}"
+base="${MUTATION_DIR:-/tmp/stylesearch-mutation}"
+children="${MUTATION_CHILDREN:-1}"
+
+# package -> "source globs|test files"
+declare -A PACKAGES=(
+  [store]="stylesearch/store/*|tests/test_foundation.py tests/test_dataset_boundary.py tests/test_shards.py tests/test_images.py tests/test_ingest_faults.py tests/test_damaged_state.py tests/test_weak_spots.py"
+  [scan]="stylesearch/ingest/scan.py|tests/test_mutation_kills.py tests/test_weak_spots.py tests/test_ingest_faults.py tests/test_shards.py tests/test_dataset_boundary.py tests/test_faults.py"
+  [query]="stylesearch/query/search.py stylesearch/query/filters.py|tests/test_metadata_search.py tests/test_embed_index_search.py tests/test_cli_terms.py tests/test_user_input_properties.py tests/test_metric_index.py tests/test_weak_spots.py tests/test_mutation_kills.py"
+  [index]="stylesearch/index/*|tests/test_index_plan.py tests/test_embed_index_search.py tests/test_metric_index.py tests/test_damaged_state.py tests/test_weak_spots.py tests/test_mutation_kills.py"
+  [learn]="stylesearch/learn/*|tests/test_metric.py tests/test_metric_train.py tests/test_metric_index.py tests/test_user_input_properties.py tests/test_damaged_state.py tests/test_mutation_kills.py"
+  [judgments]="stylesearch/learn/judgments.py stylesearch/server/labels.py|tests/test_metric.py tests/test_user_input_properties.py tests/test_faults.py tests/test_server.py tests/test_weak_spots.py tests/test_mutation_kills.py"
+  [guards]="stylesearch/server/app.py stylesearch/server/config.py|tests/test_server.py tests/test_hostile_small.py tests/test_server_routes_auth.py tests/test_mutation_kills.py"
+)
+
+toml_list() {  # words -> a TOML array of strings
+  local out="" w
+  for w in "$@"; do out+="\"$w\", "; done
+  echo "[${out%, }]"
+}
+
+run_package() {
+  local name="$1" spec="${PACKAGES[$1]:-}"
+  if [[ -z "$spec" ]]; then echo "unknown package '$name' (see: tools/mutation.sh list)" >&2; return 2; fi
+  local sources="${spec%%|*}" tests="${spec#*|}" work="$base/$name" existing=()
+  for t in $tests; do [[ -f "$repo/$t" ]] && existing+=("$t"); done
+  rm -rf "$work" && mkdir -p "$work"
+  cp -r "$repo/stylesearch" "$repo/tests" "$work/"
+  find "$work" -name __pycache__ -prune -exec rm -rf {} +
+  # mutmut reads [tool.mutmut] from the copy's pyproject.toml
+  { cat "$repo/pyproject.toml"; cat <<EOF
+
+[tool.mutmut]
+source_paths = ["stylesearch"]
+only_mutate = $(toml_list $sources)
+pytest_add_cli_args_test_selection = $(toml_list "${existing[@]}")
+pytest_add_cli_args = ["-m", "not slow", "-p", "no:cacheprovider", "-q", "-x", "--hypothesis-seed=0"]
+use_git_change_detection = false
+EOF
+  } > "$work/pyproject.toml"
+  echo "== $name: mutating $sources; tests: ${existing[*]}" >&2
+  local start=$SECONDS
+  (cd "$work" && PATH="$(dirname "$python"):$PATH" "$mutmut" run --max-children "$children" >"$work/run.log" 2>&1) || {
+    echo "mutmut failed for $name; see $work/run.log" >&2; tail -20 "$work/run.log" >&2; return 1; }
+  local seconds=$((SECONDS - start))
+  (cd "$work" && "$mutmut" export-cicd-stats >/dev/null 2>&1 || true)
+  "$python" - "$work/mutants/mutmut-cicd-stats.json" "$name" "$seconds" <<'EOF'
+import json, sys
+stats = json.load(open(sys.argv[1]))
+killed, survived, total = stats["killed"], stats["survived"], stats["total"]
+judged = killed + survived
+other = {k: v for k, v in stats.items() if k not in ("killed", "survived", "total") and v}
+print(f"{sys.argv[2]}: {killed} killed, {survived} survived of {total} mutants "
+      f"({100 * killed / max(judged, 1):.1f}% killed), {sys.argv[3]} s; other: {other or 'none'}")
+EOF
+  (cd "$work" && "$mutmut" results 2>/dev/null | grep -E ': (survived|no tests|timeout|suspicious)' || true)
+}
+
+if [[ $# -eq 0 ]]; then echo "usage: tools/mutation.sh PACKAGE... | list" >&2; exit 2; fi
+if [[ "$1" == "list" ]]; then
+  for name in "${!PACKAGES[@]}"; do echo "$name: ${PACKAGES[$name]/|/ -- tests: }"; done | sort
+  exit 0
+fi
+for name in "$@"; do run_package "$name"; done

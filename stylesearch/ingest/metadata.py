@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from ..store.catalog import _storable, open_catalog
+from ..store.catalog import open_catalog
 from ..store.files import json_lines, writer_lock
+from ..store.meta_values import storable_text
 from ..store.paths import DatasetPaths
 
 # How a metadata row names its item, by preference: an `id` column is the catalog's item id only when
@@ -126,14 +127,14 @@ def _valid_text(value, skipped: Counter, prefix: str = ""):
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
-            if _storable(k) != k:
+            if storable_text(k) != k:
                 skipped[prefix + k] += 1
             else:
                 out[k] = _valid_text(v, skipped, f"{prefix}{k}.")
         return out
     if isinstance(value, list):
         return [_valid_text(v, skipped, prefix) for v in value]
-    return _storable(value) if isinstance(value, str) else value
+    return storable_text(value) if isinstance(value, str) else value
 
 
 def _item_lookup(catalog, key: str):

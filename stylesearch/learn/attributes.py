@@ -19,8 +19,9 @@ from collections import Counter
 import numpy as np
 
 from ..errors import NotReady, StyleSearchError, UserError
-from ..store.catalog import meta_value, open_catalog
+from ..store.catalog import open_catalog
 from ..store.files import now_iso, writer_lock
+from ..store.meta_values import meta_value
 from ..store.paths import DatasetPaths
 from .heads import Head, HeadOptions, check_labels, fit_head, load_head, save_head
 from .metric import load_metric

@@ -277,7 +277,7 @@ def check_resolved(clauses: Sequence[Clause]) -> None:
 def query_item_value(item, meta: dict, field: str):
     """The value `@field` stands for: an item field's (width, height, path, group, caption), else the
     metadata value, the user's own before the learned FIELD_pred; None when the item has neither."""
-    from ..store.catalog import meta_value
+    from ..store.meta_values import meta_value
 
     column, key = _target(field)
     if column is not None:

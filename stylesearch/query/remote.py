@@ -81,8 +81,8 @@ class ServerClient:
                     f"The stylesearch server at {self.url} sent no complete answer within {self.timeout:g} s.",
                     "Check that the server is healthy, or search without it.") from None
             raise errors.StyleSearchError(f"Cannot reach the stylesearch server at {self.url} ({exc}).",
-                                          "Start it with `stylesearch serve`, or search without --server "
-                                          f"(and without {SERVER_ENV}).") from None
+                                          "Start the server, or search the datasets on this machine directly "
+                                          f"(with no server URL, and {SERVER_ENV} unset).") from None
         finally:
             deadline.cancel()
             if response is not None:

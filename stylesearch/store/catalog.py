@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import re
 import sqlite3
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from urllib.parse import quote
 
 from ..errors import CatalogError, ItemNotFound, StyleSearchError
 from .files import full_disk_as_error, is_disk_full, now_iso
+from .meta_values import meta_rows, storable_text
 from .paths import DatasetPaths
 from .vectors import Vectors, in_chunks
 
@@ -208,7 +208,7 @@ class Catalog:
         if _ID.fullmatch(text):
             if len(text) <= 19 and 0 <= int(text) <= MAX_ID:
                 row = self.conn.execute(f"SELECT {self._cols} FROM items WHERE id=?", (int(text),)).fetchone()
-        elif _storable(text) == text:
+        elif storable_text(text) == text:
             row = self.conn.execute(f"SELECT {self._cols} FROM items WHERE path=?", (text,)).fetchone()
         if not row:
             shown = repr(text) if len(text) <= 80 else f"{text[:40]!r}... ({len(text)} characters)"
@@ -331,51 +331,6 @@ class Catalog:
     def item_paths(self) -> set[str]:
         """The path of every catalogued item, whatever its status (to find files no item names)."""
         return {row[0] for row in self.conn.execute("SELECT path FROM items")}
-
-
-def meta_value(meta: dict, key: str):
-    """The value a filter key names in an item's metadata (see meta_rows): the key itself, else a dotted
-    path into nested objects; None when there is none."""
-    if key in meta:
-        return meta[key]
-    value = meta
-    for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
-def meta_rows(meta: dict, prefix: str = "") -> list[tuple[str, str | None, float | None]]:
-    """(key, text, number) rows that filters match: nested objects as dotted keys, lists one row per element."""
-    rows = []
-    for key, value in meta.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            rows += meta_rows(value, name + ".")
-            continue
-        for element in value if isinstance(value, list) else [value]:
-            if isinstance(element, bool):
-                rows.append((name, "true" if element else "false", None))
-            elif isinstance(element, (int, float)):
-                number = _finite(element)
-                rows.append((name, _storable(repr(element) if isinstance(element, float) else str(element)), number))
-            elif isinstance(element, str):
-                rows.append((name, _storable(element), None))
-    return rows
-
-
-def _finite(value: int | float) -> float | None:
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _storable(text: str) -> str:
-    """Text SQLite can store: lone surrogates (from odd JSON) become '?'."""
-    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 class _Transaction:

@@ -11,7 +11,8 @@ import difflib
 from pathlib import PurePosixPath
 
 from ..errors import ItemNotFound
-from ..store.catalog import Catalog, Item
+from ..store.catalog import Catalog, Item, shown_ref
+from ..store.meta_values import storable_text
 
 SUGGESTIONS = 3
 SUGGEST_FROM = 100_000  # names compared for suggestions (the first items by id)
@@ -46,8 +47,7 @@ def resolve_item(catalog: Catalog, ref: str | int) -> Item:
     try:
         return catalog.item(ref)
     except ItemNotFound:
-        if not isinstance(ref, str) or not ref or not ref.isprintable() or ref.encode("utf-8", "replace") != \
-                ref.encode("utf-8", "surrogatepass"):
+        if not isinstance(ref, str) or not ref or not ref.isprintable() or storable_text(ref) != ref:
             raise
     for finder in (_by_stem, _by_source):
         found = finder(catalog, ref)
@@ -58,12 +58,8 @@ def resolve_item(catalog: Catalog, ref: str | int) -> Item:
             raise ItemNotFound(f"{ref!r} names {len(found)} items in dataset {catalog.paths.name!r}: {listed}"
                                f"{', ...' if len(found) > 5 else ''}.", "Name one by its id or path.",
                                dataset=catalog.paths.name)
-    raise ItemNotFound(f"No item {_shown(ref)} in dataset {catalog.paths.name!r}.", _suggestion(catalog, ref),
+    raise ItemNotFound(f"No item {shown_ref(ref)} in dataset {catalog.paths.name!r}.", _suggestion(catalog, ref),
                        dataset=catalog.paths.name)
-
-
-def _shown(text: str) -> str:
-    return repr(text) if len(text) <= 80 else f"{text[:40]!r}... ({len(text)} characters)"
 
 
 def _suggestion(catalog: Catalog, ref: str) -> str:

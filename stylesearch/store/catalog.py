@@ -211,8 +211,7 @@ class Catalog:
         elif storable_text(text) == text:
             row = self.conn.execute(f"SELECT {self._cols} FROM items WHERE path=?", (text,)).fetchone()
         if not row:
-            shown = repr(text) if len(text) <= 80 else f"{text[:40]!r}... ({len(text)} characters)"
-            raise ItemNotFound(f"No item {shown} in dataset {self.paths.name!r}.",
+            raise ItemNotFound(f"No item {shown_ref(text)} in dataset {self.paths.name!r}.",
                                "Use an item id or catalog path, as search results show them.", dataset=self.paths.name)
         return Item(*row)
 
@@ -361,6 +360,11 @@ class _Transaction:
     def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):  # none is active when SQLite already rolled it back
             self.conn.execute("ROLLBACK")
+
+
+def shown_ref(text: str) -> str:
+    """An item reference as messages show it: quoted, and cut short when it is long."""
+    return repr(text) if len(text) <= 80 else f"{text[:40]!r}... ({len(text)} characters)"
 
 
 def open_catalog(paths: DatasetPaths, create: bool = False, readonly: bool = False) -> Catalog:

@@ -41,7 +41,7 @@ if mode == "baseline":
     from stylesearch.server.app import create_app
     uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="warning")
 else:
-    from stylesearch.server.app import serve
+    from stylesearch.server.listen import serve
     serve(config)
 """
 PARTIAL = (b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n",

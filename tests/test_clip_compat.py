@@ -202,7 +202,7 @@ def test_serve_cors_origin_option_reaches_the_server(cli, root, monkeypatch):
     if not any(c.name == "serve" for c in app.registered_commands):
         serve_cmd.register(app)
     seen = []
-    monkeypatch.setattr("stylesearch.server.app.serve", seen.append)
+    monkeypatch.setattr("stylesearch.server.listen.serve", seen.append)
     cli("serve", "--port", "8123", "--cors-origin", "HTTP://127.0.0.1:1235/", "--cors-origin", "https://a.example")
     assert seen[0].cors_origins == ("http://127.0.0.1:1235", "https://a.example")
     bad = cli("serve", "--cors-origin", "*", check=False)

@@ -28,7 +28,7 @@ FLOOD = 1500
 GUARD = {"header_timeout": 1.5}  # what the server is run with besides the basics
 SERVER = ("import json, resource, sys\n"
           "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), int(sys.argv[2])))\n"
-          "from stylesearch.server.app import serve\n"
+          "from stylesearch.server.listen import serve\n"
           "from stylesearch.server.config import ServerConfig\n"
           "serve(ServerConfig(**json.loads(sys.argv[1])))")
 PARTIAL = (b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n",

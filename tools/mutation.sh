@@ -3,11 +3,15 @@
 #
 #   tools/mutation.sh PACKAGE [PACKAGE...]     e.g. tools/mutation.sh store scan
 #   tools/mutation.sh list                     the packages, their source files and test files
+#   MUTATION_FRESH=1 tools/mutation.sh ...     forget earlier verdicts (otherwise a rerun is incremental)
 #
 # For each package, the checkout as it is now (stylesearch/, tests/, pyproject.toml) is copied to
 # $MUTATION_DIR/PACKAGE (default /tmp/stylesearch-mutation), mutmut is configured there to mutate only
 # that package's files, and every mutant is run against `pytest -m "not slow"` on the package's test
 # files (only the tests that reach the mutated function run; one process: MUTATION_CHILDREN=1).
+# A rerun keeps the killed and timed-out verdicts of functions whose code did not change and tries the
+# rest again (survivors, and mutants no test reached), so tests added since are given their chance.
+# A mutant times out after 2 x MUTATION_TIMEOUT_FACTOR (default 4) x (its tests' clean time + 1 s) of CPU.
 # Prints killed/survived/other counts and the wall time per package, then the surviving mutants;
 # `cd $MUTATION_DIR/PACKAGE && mutmut show NAME` shows one as a diff.
 set -euo pipefail
@@ -17,6 +21,7 @@ mutmut="${MUTMUT:-$repo/.venv/bin/mutmut}"
 python="${PYTHON:-$repo/.venv/bin/python}"
 base="${MUTATION_DIR:-/tmp/stylesearch-mutation}"
 children="${MUTATION_CHILDREN:-1}"
+timeout_factor="${MUTATION_TIMEOUT_FACTOR:-4}"
 
 # package -> "source globs|test files"
 declare -A PACKAGES=(
@@ -26,7 +31,7 @@ declare -A PACKAGES=(
   [index]="stylesearch/index/*|tests/test_index_plan.py tests/test_embed_index_search.py tests/test_metric_index.py tests/test_damaged_state.py tests/test_weak_spots.py tests/test_mutation_kills.py"
   [learn]="stylesearch/learn/*|tests/test_metric.py tests/test_metric_train.py tests/test_metric_index.py tests/test_user_input_properties.py tests/test_damaged_state.py tests/test_mutation_kills.py"
   [judgments]="stylesearch/learn/judgments.py stylesearch/server/labels.py|tests/test_metric.py tests/test_user_input_properties.py tests/test_faults.py tests/test_server.py tests/test_weak_spots.py tests/test_mutation_kills.py"
-  [guards]="stylesearch/server/app.py stylesearch/server/config.py|tests/test_server.py tests/test_hostile_small.py tests/test_server_routes_auth.py tests/test_mutation_kills.py"
+  [guards]="stylesearch/server/guards.py stylesearch/server/config.py|tests/test_server.py tests/test_hostile_small.py tests/test_server_routes_auth.py tests/test_clip_compat.py tests/test_server_flood.py tests/test_mutation_kills.py"
 )
 
 toml_list() {  # words -> a TOML array of strings
@@ -35,14 +40,30 @@ toml_list() {  # words -> a TOML array of strings
   echo "[${out%, }]"
 }
 
+retry_unkilled() {  # earlier survivors and unreached mutants: tried again (new tests may reach them)
+  [[ -d "$1/mutants" ]] || return 0
+  "$python" - "$1/mutants" <<'EOF'
+import json, pathlib, sys
+for meta in pathlib.Path(sys.argv[1]).rglob("*.py.meta"):
+    data = json.loads(meta.read_text())
+    codes = data.get("exit_code_by_key", {})
+    retried = [key for key, code in codes.items() if code in (0, 5, 33)]  # survived, no tests
+    if retried:
+        codes.update(dict.fromkeys(retried))
+        meta.write_text(json.dumps(data))
+EOF
+}
+
 run_package() {
   local name="$1" spec="${PACKAGES[$1]:-}"
   if [[ -z "$spec" ]]; then echo "unknown package '$name' (see: tools/mutation.sh list)" >&2; return 2; fi
   local sources="${spec%%|*}" tests="${spec#*|}" work="$base/$name" existing=()
   for t in $tests; do [[ -f "$repo/$t" ]] && existing+=("$t"); done
-  rm -rf "$work" && mkdir -p "$work"
-  cp -r "$repo/stylesearch" "$repo/tests" "$work/"
+  [[ -n "${MUTATION_FRESH:-}" ]] && rm -rf "$work"
+  mkdir -p "$work" && rm -rf "$work/stylesearch" "$work/tests"
+  cp -rp "$repo/stylesearch" "$repo/tests" "$work/"  # times kept: mutmut remakes mutants of changed files only
   find "$work" -name __pycache__ -prune -exec rm -rf {} +
+  retry_unkilled "$work"
   # mutmut reads [tool.mutmut] from the copy's pyproject.toml
   { cat "$repo/pyproject.toml"; cat <<EOF
 
@@ -52,6 +73,7 @@ only_mutate = $(toml_list $sources)
 pytest_add_cli_args_test_selection = $(toml_list "${existing[@]}")
 pytest_add_cli_args = ["-m", "not slow", "-p", "no:cacheprovider", "-q", "-x", "--hypothesis-seed=0"]
 use_git_change_detection = false
+timeout_multiplier = $timeout_factor
 EOF
   } > "$work/pyproject.toml"
   echo "== $name: mutating $sources; tests: ${existing[*]}" >&2

@@ -42,7 +42,7 @@ def serve(
                           token=token, device=device, threads=threads, preload=preload,
                           max_upload_bytes=int(max_upload_mb * 2**20), cors_origins=origins)
     try:
-        from ..server.app import serve as run
+        from ..server.listen import serve as run
     except ImportError as exc:
         from ..errors import UserError
 

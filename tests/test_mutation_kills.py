@@ -4,9 +4,14 @@ and warning lines where the suite checked only that something happened."""
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 
+import pytest
+
+from stylesearch.errors import UserError
 from stylesearch.ingest.scan import _under_any, scan
+from stylesearch.query.search import Term
 from stylesearch.store.catalog import open_catalog
 from stylesearch.store.datasets import create_dataset
 from stylesearch.store.paths import dataset_paths
@@ -246,3 +251,224 @@ def test_judgment_records_log_state_counts_and_undo_accounting(tmp_path):
                                         json.dumps({"undo": "nobody"})])
     assert contents.undone == 2 and [j["id"] for j in contents.judgments] == [ids[1]]
     assert read_log(path).malformed == 2 and len(read_log(path).judgments) == 4
+
+
+# --- query: several datasets, the datasets a query covers, query images, filters on item columns ---
+
+def test_a_search_over_several_datasets_applies_filters_min_score_and_groups_in_each(tmp_path):
+    from stylesearch.query.filters import parse_filters
+    from stylesearch.query.search import Searcher, SearchRequest, search_datasets
+
+    from .test_metadata_search import feed_dataset
+
+    a, _ = feed_dataset(tmp_path, "a", n=60, seed=1)
+    b, _ = feed_dataset(tmp_path, "b", n=60, seed=2)
+    terms = [Term(1.0, "like", "3")]
+    request = SearchRequest(terms, k=12, filters=parse_filters(["category in (summer, winter)"]), min_score=0.05,
+                            group=True)
+    rows = search_datasets([a, b], request)
+    first, second = Searcher(a), Searcher(b)
+    try:
+        query = first.query_vector(terms)
+        expected = [{**r, "dataset": "a"} for r in first.search_vector(query, 12, 0.05, {3}, request.filters, True)]
+        expected += [{**r, "dataset": "b"} for r in second.search_vector(query, 12, 0.05, set(), request.filters,
+                                                                          True)]
+    finally:
+        first.close(), second.close()
+    expected.sort(key=lambda r: -r["score"])
+    assert [(r["dataset"], r["id"], r["rank"]) for r in rows] == [
+        (r["dataset"], r["id"], n + 1) for n, r in enumerate(expected[:12])]
+    assert all(r["meta"]["category"] in ("summer", "winter") and r["score"] >= 0.05 for r in rows)
+    assert len({(r["dataset"], r["group"]) for r in rows}) == len(rows)  # one row per group in each dataset
+    assert ("a", 3) not in {(r["dataset"], r["id"]) for r in rows} and {r["dataset"] for r in rows} == {"a", "b"}
+
+
+def test_the_datasets_a_query_covers():
+    from stylesearch.query.search import datasets_covered
+
+    assert datasets_covered(["b", "a", "b"], False, ["a", "b", "c"]) == ["b", "a"]
+    assert datasets_covered(["b"], True, ["a", "b", "c"]) == ["a", "b", "c"]
+    with pytest.raises(UserError) as none:
+        datasets_covered([], True, [])
+    assert none.value.message == "There are no datasets to search."
+    with pytest.raises(UserError) as unnamed:
+        datasets_covered([], False, ["a"])
+    assert unnamed.value.message == "Name the datasets to search."
+
+
+def test_datasets_of_different_models_are_refused_naming_each_model(tmp_path):
+    from stylesearch.embed.models import ModelSpec
+    from stylesearch.query.search import check_same_model
+
+    one, two = dataset_paths("one", tmp_path), dataset_paths("two", tmp_path)
+    same = ModelSpec("ViT-B-32", "openai")
+    check_same_model([one, two], [same, same])
+    with pytest.raises(UserError) as refused:
+        check_same_model([one, two], [same, ModelSpec("RN50", "openai")])
+    assert refused.value.message == ("These datasets are embedded with different models "
+                                     f"(one: {same.key}, two: {ModelSpec('RN50', 'openai').key}).")
+    assert refused.value.hint == "Search datasets of one model together, or choose the model they share."
+
+
+def test_query_image_bytes_from_a_file_or_a_url_and_a_missing_file_named(tmp_path, monkeypatch):
+    from stylesearch.query import search as search_module
+
+    image = tmp_path / "q.jpg"
+    image.write_bytes(b"bytes of q")
+    assert search_module._image_bytes(str(image)) == b"bytes of q"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert search_module._image_bytes("~/q.jpg") == b"bytes of q"
+    monkeypatch.setattr("stylesearch.ingest.fetch.fetch_bytes", lambda url: f"fetched {url}".encode())
+    assert search_module._image_bytes("https://example.com/q.jpg") == b"fetched https://example.com/q.jpg"
+    with pytest.raises(UserError) as missing:
+        search_module._image_bytes(str(tmp_path / "nope.jpg"))
+    assert missing.value.message == f"Query image {tmp_path / 'nope.jpg'} does not exist."
+
+
+def test_item_column_filters_ignore_case_on_text_and_compare_sizes_as_numbers(tmp_path):
+    from stylesearch.query.filters import matching_ids, parse_filters
+
+    paths = dataset_paths("cols", tmp_path)
+    with open_catalog(paths, create=True) as cat, cat.transaction():
+        ids = [cat.upsert_item(name, content_hash=f"{n:064d}", status="ok", width=w, height=h)
+               for n, (name, w, h) in enumerate([("Red/A.jpg", 900, 40), ("red/b.jpg", 80, 1000), ("blue.jpg", 100, 100)])]
+        cat.set_group(ids[0], "Pair")
+        cat.set_group(ids[1], "pair")
+        assert matching_ids(cat, parse_filters(["path = RED/A.JPG"])) == {ids[0]}
+        assert matching_ids(cat, parse_filters(["group = PAIR"])) == {ids[0], ids[1]}
+        assert matching_ids(cat, parse_filters(["width > 100"])) == {ids[0]}
+        assert matching_ids(cat, parse_filters(["height >= 100"])) == {ids[1], ids[2]}
+        assert matching_ids(cat, parse_filters(["width < 90"])) == {ids[1]}
+
+
+def test_metadata_shown_beside_result_fields_and_lists_as_json():
+    from stylesearch.query.filters import flat_meta, meta_column
+
+    assert [meta_column(k) for k in ("path", "score", "meta.x", "colour", "x")] == [
+        "meta.path", "meta.score", "meta.meta.x", "colour", "meta.x"]
+    assert flat_meta({"path": "p", "tags": ["rød", "b"], "dims": {"w": 1}, "n": 2}) == {
+        "meta.path": "p", "tags": '["rød", "b"]', "dims": '{"w": 1}', "n": 2}
+
+
+def test_a_filter_error_points_at_its_position():
+    from stylesearch.query.filters import GRAMMAR_HINT, parse_clause
+
+    with pytest.raises(UserError) as bad:
+        parse_clause("price<<50")
+    assert bad.value.message == "Cannot read filter 'price<<50': unexpected '<' (quote a value that starts with it) at position 7.\n  price<<50\n        ^"
+    assert bad.value.hint == GRAMMAR_HINT
+
+
+# --- index: memory sizes, PQ code bits, gathering stored vectors by id ---
+
+def test_memory_sizes_in_every_unit_and_the_refusals_worded():
+    from stylesearch.index.plan import parse_bytes
+
+    cases = {"2000000": 2_000_000, "3k": 3 << 10, "3KB": 3 << 10, "2m": 2 << 20, "1.5GiB": int(1.5 * (1 << 30)),
+             "2t": 2 << 40, "2TiB": 2 << 40, " 7b ": 7, "1": 1, "0.5k": 512}
+    assert {text: parse_bytes(text) for text in cases} == cases
+    with pytest.raises(UserError) as unreadable:
+        parse_bytes("lots")
+    assert (unreadable.value.message, unreadable.value.hint) == (
+        "Cannot read the memory size 'lots'.", "Write it like 4G, 512M or 1.5GiB.")
+    with pytest.raises(UserError) as negative:
+        parse_bytes("-1G")
+    assert negative.value.message == "Memory size '-1G' must be positive."
+
+
+def test_pq_code_bits_grow_with_the_training_points():
+    from stylesearch.index.plan import pq_bits
+
+    assert [pq_bits(n) for n in (0, 39 * 15, 39 * 16, 39 * 31, 39 * 32, 39 * 128, 39 * 255, 39 * 256, 10**9)] == [
+        4, 4, 4, 4, 5, 7, 7, 8, 8]
+
+
+def test_gather_returns_the_ids_present_and_their_stored_vectors(tmp_path):
+    import numpy as np
+
+    from stylesearch.index.build import build_index
+    from stylesearch.index.load import load_index
+
+    from .test_metadata_search import feed_dataset
+
+    paths, vectors = feed_dataset(tmp_path, "g", n=50, seed=3)
+    build_index(paths, "m", "flat")
+    loaded = load_index(paths, "m")
+    with open_catalog(paths) as cat:
+        stored = {it.id: n for n, it in enumerate(sorted(cat.items("ok"), key=lambda it: it.id))}
+    wanted = np.array([7, 999, 1, 50, 23, 0], dtype=np.int64)
+    present, rows = loaded.gather(wanted)
+    assert present.tolist() == [7, 1, 50, 23]
+    assert np.allclose(rows, vectors[[stored[i] for i in present.tolist()]], atol=1e-6)
+    assert loaded.gather(np.array([], dtype=np.int64))[0].tolist() == []
+
+
+# --- learn: the training verdict, its numbers and the saved metadata ---
+
+def test_judgments_to_beat_is_the_held_out_size_for_the_gain_less_what_was_judged():
+    from stylesearch.learn.train import judgments_to_beat
+
+    report = {"agreement_after": 0.8, "agreement_before": 0.7, "train_triplets": 40, "val_triplets": 10}
+    held_out = math.ceil(1.96 ** 2 * 0.8 * 0.2 / 0.1 ** 2)  # 62
+    assert judgments_to_beat(report, 0.2) == math.ceil(held_out / 0.2) - 50 == 260
+    assert judgments_to_beat({**report, "agreement_after": 0.999}, 0.25) == max(
+        1, math.ceil(math.ceil(1.96 ** 2 * 0.01 / 0.299 ** 2) / 0.25) - 50)  # variance floored at 0.01
+    assert judgments_to_beat({**report, "agreement_after": 0.7}, 0.2) is None
+    assert judgments_to_beat({**report, "train_triplets": 10_000}, 0.2) == 1
+
+
+def test_the_verdict_in_words_for_each_outcome():
+    from stylesearch.learn.train import verdict
+
+    base = {"agreement_after": 0.8, "agreement_before": 0.7, "val_triplets": 50, "agreement_ci": (0.68, 0.89)}
+    words = ("The learned metric agrees with 80% of your 50 held-out judgments (95% interval 68%-89%); "
+             "the raw embedding: 70%.")
+    assert verdict({**base, "more_judgments": 120, "saved": False}) == (
+        f"{words} That is no reliable gain over the raw embedding yet (judge ~120 more to tell); "
+        "it was not saved (the previous metric stays).")
+    assert verdict({**base, "more_judgments": None, "saved": True}) == (
+        f"{words} That is no reliable gain over the raw embedding yet (judging more, or more consistently, may "
+        "change that); it was saved anyway, as asked.")
+    assert verdict({**base, "agreement_ci": (0.72, 0.86)}) == (
+        "The learned metric agrees with 80% of your 50 held-out judgments (95% interval 72%-86%); "
+        "the raw embedding: 70%. It was saved.")
+
+
+def test_saved_metric_metadata_names_its_size_options_and_rank(tmp_path):
+    import json
+
+    from stylesearch.learn.train import TrainOptions, train_metric
+
+    from .test_metric import planted_dataset, simulate
+
+    paths, vectors, hidden = planted_dataset(tmp_path, n=120, dim=16, name="meta")
+    simulate(paths, vectors, hidden, 300)
+    meta = train_metric(paths, "m", TrainOptions(kind="lowrank", rank=5, seed=3, val_fraction=0.25), force=True)
+    assert (meta["dim"], meta["val_fraction"], meta["seed"], meta["model_key"]) == (16, 0.25, 3, "m")
+    assert meta["regularisation"]["rank"] == 5 and meta["regularisation"]["pull"] > 0
+    saved = json.loads(paths.metric_meta("m").read_text())
+    assert (saved["dim"], saved["val_fraction"], saved["regularisation"]["rank"]) == (16, 0.25, 5)
+
+
+def test_a_label_session_names_itself_counts_its_judgments_and_needs_three_items(tmp_path):
+    from stylesearch.errors import NotReady
+    from stylesearch.learn.labelling import LabelSession
+
+    from .test_metric import planted_dataset, simulate
+
+    paths, vectors, hidden = planted_dataset(tmp_path, n=40, dim=8, name="lab")
+    simulate(paths, vectors, hidden, 5)
+    named = LabelSession(paths, seed=1, session_id="mine")
+    assert named.session == "mine"
+    named.judge("left"), named.judge("right")
+    status = named.status()
+    assert (status["session"], status["total"]) == (2, 7)
+    assert [j["session"] for j in named.log.judgments[-2:]] == ["mine", "mine"]
+    fresh = LabelSession(paths, seed=1)
+    assert len(fresh.session) == 12 and int(fresh.session, 16) >= 0 and fresh.session != "mine"
+    assert fresh.status()["session"] == 0
+    few, _, _ = planted_dataset(tmp_path, n=2, dim=8, name="few")
+    with pytest.raises(NotReady) as refused:
+        LabelSession(few)
+    assert (refused.value.step, refused.value.dataset) == ("embed", "few")
+    assert refused.value.message == "Labelling needs at least 3 embedded items; 'few' has 2."

@@ -4,6 +4,8 @@
 #   tools/mutation.sh PACKAGE [PACKAGE...]     e.g. tools/mutation.sh store scan
 #   tools/mutation.sh list                     the packages, their source files and test files
 #   MUTATION_FRESH=1 tools/mutation.sh ...     forget earlier verdicts (otherwise a rerun is incremental)
+#   MUTATION_SAMPLE=200 tools/mutation.sh ...  run a seeded random sample of 200 mutants per package
+#                                              (MUTATION_SEED, default 1): ~10-20 minutes a package
 #
 # For each package, the checkout as it is now (stylesearch/, tests/, pyproject.toml) is copied to
 # $MUTATION_DIR/PACKAGE (default /tmp/stylesearch-mutation), mutmut is configured there to mutate only
@@ -29,9 +31,9 @@ declare -A PACKAGES=(
   [scan]="stylesearch/ingest/scan.py|tests/test_mutation_kills.py tests/test_weak_spots.py tests/test_ingest_faults.py tests/test_shards.py tests/test_dataset_boundary.py tests/test_faults.py"
   [query]="stylesearch/query/search.py stylesearch/query/filters.py|tests/test_metadata_search.py tests/test_embed_index_search.py tests/test_cli_terms.py tests/test_user_input_properties.py tests/test_metric_index.py tests/test_weak_spots.py tests/test_mutation_kills.py"
   [index]="stylesearch/index/*|tests/test_index_plan.py tests/test_embed_index_search.py tests/test_metric_index.py tests/test_damaged_state.py tests/test_weak_spots.py tests/test_mutation_kills.py"
-  [learn]="stylesearch/learn/*|tests/test_metric.py tests/test_metric_train.py tests/test_metric_index.py tests/test_user_input_properties.py tests/test_damaged_state.py tests/test_mutation_kills.py"
+  [learn]="stylesearch/learn/*|tests/test_attribute_heads.py tests/test_label_tui.py tests/test_metric.py tests/test_metric_train.py tests/test_metric_index.py tests/test_user_input_properties.py tests/test_damaged_state.py tests/test_mutation_kills.py"
   [judgments]="stylesearch/learn/judgments.py stylesearch/server/labels.py|tests/test_metric.py tests/test_user_input_properties.py tests/test_faults.py tests/test_server.py tests/test_weak_spots.py tests/test_mutation_kills.py"
-  [guards]="stylesearch/server/guards.py stylesearch/server/config.py|tests/test_server.py tests/test_hostile_small.py tests/test_server_routes_auth.py tests/test_clip_compat.py tests/test_server_flood.py tests/test_mutation_kills.py"
+  [guards]="stylesearch/server/guards.py stylesearch/server/config.py|tests/test_server_config.py tests/test_server.py tests/test_hostile_small.py tests/test_server_routes_auth.py tests/test_clip_compat.py tests/test_server_flood.py tests/test_mutation_kills.py"
 )
 
 toml_list() {  # words -> a TOML array of strings
@@ -61,7 +63,9 @@ run_package() {
   for t in $tests; do [[ -f "$repo/$t" ]] && existing+=("$t"); done
   [[ -n "${MUTATION_FRESH:-}" ]] && rm -rf "$work"
   mkdir -p "$work" && rm -rf "$work/stylesearch" "$work/tests"
-  cp -rp "$repo/stylesearch" "$repo/tests" "$work/"  # times kept: mutmut remakes mutants of changed files only
+  rm -rf "$work/completions" "$work/README.md"
+  cp -rp "$repo/stylesearch" "$repo/tests" "$repo/completions" "$repo/README.md" "$work/"  # times kept: mutmut
+  # remakes mutants of changed files only; completions/ and README.md are read by tests
   find "$work" -name __pycache__ -prune -exec rm -rf {} +
   retry_unkilled "$work"
   # mutmut reads [tool.mutmut] from the copy's pyproject.toml
@@ -73,25 +77,28 @@ only_mutate = $(toml_list $sources)
 pytest_add_cli_args_test_selection = $(toml_list "${existing[@]}")
 pytest_add_cli_args = ["-m", "not slow", "-p", "no:cacheprovider", "-q", "-x", "--hypothesis-seed=0"]
 use_git_change_detection = false
+also_copy = ["completions", "README.md"]
 timeout_multiplier = $timeout_factor
 EOF
   } > "$work/pyproject.toml"
   echo "== $name: mutating $sources; tests: ${existing[*]}" >&2
-  local start=$SECONDS
-  (cd "$work" && PATH="$(dirname "$python"):$PATH" "$mutmut" run --max-children "$children" >"$work/run.log" 2>&1) || {
+  local start=$SECONDS names=() sample_file=""
+  if [[ -n "${MUTATION_SAMPLE:-}" ]]; then
+    # mutants are made and the tests mapped to them by a run that matches no mutant (it then stops)
+    (cd "$work" && mutmut_in "$work" run --max-children "$children" "no-such-mutant" >"$work/list.log" 2>&1) || true
+    sample_file="$work/sample.txt"
+    "$python" "$repo/tools/mutation_report.py" sample "$work" "$MUTATION_SAMPLE" "${MUTATION_SEED:-1}" >"$sample_file"
+    [[ -s "$sample_file" ]] || { echo "no mutants made for $name; see $work/list.log" >&2; tail -20 "$work/list.log" >&2; return 1; }
+    mapfile -t names <"$sample_file"
+  fi
+  mutmut_in "$work" run --max-children "$children" "${names[@]}" >"$work/run.log" 2>&1 || {
     echo "mutmut failed for $name; see $work/run.log" >&2; tail -20 "$work/run.log" >&2; return 1; }
-  local seconds=$((SECONDS - start))
-  (cd "$work" && "$mutmut" export-cicd-stats >/dev/null 2>&1 || true)
-  "$python" - "$work/mutants/mutmut-cicd-stats.json" "$name" "$seconds" <<'EOF'
-import json, sys
-stats = json.load(open(sys.argv[1]))
-killed, survived, total = stats["killed"], stats["survived"], stats["total"]
-judged = killed + survived
-other = {k: v for k, v in stats.items() if k not in ("killed", "survived", "total") and v}
-print(f"{sys.argv[2]}: {killed} killed, {survived} survived of {total} mutants "
-      f"({100 * killed / max(judged, 1):.1f}% killed), {sys.argv[3]} s; other: {other or 'none'}")
-EOF
-  (cd "$work" && "$mutmut" results 2>/dev/null | grep -E ': (survived|no tests|timeout|suspicious)' || true)
+  "$python" "$repo/tools/mutation_report.py" report "$work" "$name" "$((SECONDS - start))" $sample_file
+}
+
+mutmut_in() {  # mutmut in the package's copy, with the venv's python first on PATH
+  local work="$1"; shift
+  (cd "$work" && PATH="$(dirname "$python"):$PATH" "$mutmut" "$@")
 }
 
 if [[ $# -eq 0 ]]; then echo "usage: tools/mutation.sh PACKAGE... | list" >&2; exit 2; fi

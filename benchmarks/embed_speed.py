@@ -1,5 +1,10 @@
-"""Embedding images/s in one run, on COUNT generated 640x480 JPEGs, batches of --batch-size:
+"""Embedding images/s in one run, on COUNT generated photo-like JPEGs, batches of --batch-size:
 
+The files: smooth multi-scale colour noise plus grain, JPEG quality 88, in the sizes of typical photos
+(PHOTO_SIZES: 1,024-1,600 px, one in six with an odd side, which is decoded whole), 100-260 KiB each,
+so decoding costs what a camera or web photo costs (flat synthetic patterns decode several times faster).
+
+- decoding + preprocessing alone (one thread, as an embedding run decodes beside its model);
 - the model-only ceiling of each ONNX tower: the exported image tower (fp32, int8) in onnxruntime with
   the session an embedding run uses, on batches resized and normalised beforehand (nothing else runs);
   torch's too (the model's encode_image on the same batches);
@@ -38,10 +43,11 @@ from stylesearch.embed.encoders.pixels import Preprocess, load_item
 from stylesearch.embed.export import export_onnx
 from stylesearch.embed.models import ModelSpec, load_model
 from stylesearch.embed.run import EmbedOptions, embed_dataset
-from stylesearch.ingest.samples import write_samples
 from stylesearch.store.catalog import open_catalog
 from stylesearch.store.datasets import create_dataset
 from stylesearch.store.paths import dataset_paths
+
+PHOTO_SIZES = ((1600, 1200), (1200, 1600), (1024, 768), (1536, 1024), (1280, 853), (1440, 1080))
 
 CLIP_RETRIEVAL = """
 import json, sys, time
@@ -59,6 +65,36 @@ main(input_dataset=folder, output_folder=out, input_format="files", clip_model="
 print()  # its log leaves a line open
 print(json.dumps({"seconds": time.perf_counter() - start}))
 """
+
+
+def photo(seed: int, size: tuple[int, int]):
+    """A photo-like picture: colour noise at four scales (smooth areas and edges) plus pixel grain."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    acc = np.zeros((h, w, 3), np.int16) + rng.integers(60, 190, 3).astype(np.int16)
+    for cells, amp in ((3, 60), (8, 30), (24, 15), (80, 7)):
+        small = np.clip(128 + rng.normal(0, amp, (max(2, cells * h // w), cells, 3)), 0, 255).astype(np.uint8)
+        acc += np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC), np.int16) - 128
+    acc += rng.integers(-6, 7, (h, w, 3), dtype=np.int16)
+    return Image.fromarray(np.clip(acc, 0, 255).astype(np.uint8))
+
+
+def write_photos(folder: Path, count: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / f"photo-{n:05d}.jpg" for n in range(count)]
+    for n, path in enumerate(files):
+        photo(n, PHOTO_SIZES[n % len(PHOTO_SIZES)]).save(path, quality=88)
+    return files
+
+
+def decode_rate(files: list[Path], preprocess: Preprocess) -> float:
+    """Images/s of decoding + preprocessing on one thread (reduce-on-decode where the run uses it)."""
+    start = time.perf_counter()
+    for f in files:
+        load_item(f, preprocess, preprocess)
+    return len(files) / (time.perf_counter() - start)
 
 
 def pixel_batches(files: list[Path], preprocess: Preprocess, batch: int) -> list[np.ndarray]:
@@ -124,8 +160,11 @@ def bench_model(name: str, tmp: Path, images: Path, files: list[Path], args) -> 
     print(f"{name}: ONNX export of the image tower (+ int8) took {time.perf_counter() - start:.1f} s (once); "
           f"{available_cores()} cores, batches of {args.batch_size}", flush=True)
     export = load_export(source, spec.key)
-    batches = pixel_batches(files[:args.batch_size * (args.ceiling_batches + 1)],
-                            Preprocess.from_config(export.stamp["towers"]["image"]["preprocess"]), args.batch_size)
+    preprocess = Preprocess.from_config(export.stamp["towers"]["image"]["preprocess"])
+    sizes = sum(f.stat().st_size for f in files) / len(files) / 1024
+    print(f"  decode + preprocess alone (one thread): {decode_rate(files[:96], preprocess):6.1f} images/s "
+          f"(mean file {sizes:.0f} KiB)", flush=True)
+    batches = pixel_batches(files[:args.batch_size * (args.ceiling_batches + 1)], preprocess, args.batch_size)
     backends = args.backends.split(",")
     ceilings = {b: onnx_ceiling(export.path("image-int8" if b == "onnx-int8" else "image"), batches)
                 for b in backends if b.startswith("onnx")}
@@ -172,8 +211,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     try:
         images = tmp / "images"
-        write_samples(images, args.count, size=(640, 480))
-        files = sorted(p for p in images.rglob("*") if p.is_file())
+        start = time.perf_counter()
+        files = write_photos(images, args.count)
+        print(f"{args.count} photo-like JPEGs written in {time.perf_counter() - start:.0f} s (not counted)", flush=True)
         for name in args.models.split(","):
             bench_model(name, tmp, images, files, args)
     finally:

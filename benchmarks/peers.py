@@ -9,6 +9,7 @@ Benchmarks call `peer_bin(peer, command)` to find a peer's command, None when it
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import venv
@@ -19,9 +20,9 @@ VENVS = HERE / ".venvs"
 CONSTRAINTS = HERE.parent / "constraints.txt"
 PEERS = {  # peer -> the pip requirements that install it (the first names the peer)
     "clip-retrieval": ["clip-retrieval", "setuptools<81"],  # its `clip` package imports pkg_resources
-    "rclip": ["rclip"],
+    "rclip": ["rclip>=3,<4"],  # rclip_compare.py writes rclip 3's ONNX model files (random init)
     "img2dataset": ["img2dataset"],
-    "autofaiss": ["autofaiss"],
+    "autofaiss": ["autofaiss", "pyarrow<20"],  # it pins numpy<2; newer pyarrow wheels need numpy 2
     "umap-learn": ["umap-learn"],
 }
 
@@ -36,7 +37,8 @@ def peer_version(peer: str) -> str | None:
     python = peer_bin(peer)
     if python is None:
         return None
-    out = subprocess.run([str(python), "-m", "pip", "show", PEERS[peer][0]], capture_output=True, text=True)
+    name = re.split(r"[<>=!~\[; ]", PEERS[peer][0])[0]  # the requirement without its version specifier
+    out = subprocess.run([str(python), "-m", "pip", "show", name], capture_output=True, text=True)
     return next((line.split(":", 1)[1].strip() for line in out.stdout.splitlines() if line.startswith("Version:")),
                 None)
 

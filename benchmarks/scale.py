@@ -8,11 +8,20 @@ latency p50/p95 (warm, in-process), and the wall time of a cold `stylesearch sea
 process. The exact neighbours are computed while the vectors are generated (streamed, so 10M
 never sits in memory).
 
-Usage: python benchmarks/scale.py [SIZES] [--keep DIR]   e.g. 1000000 or 1000000,10000000
+Quantised kinds (IVF-SQ8, IVF-PQ) re-rank their candidates with a float16 refine store
+(stylesearch/index/refine.py): each effort is measured with the re-rank (the default) and on the
+codes alone (the baseline, same run), after one unmeasured pass on the codes that brings the
+probed lists into the page cache for both; at the default effort also with other re-rank factors,
+and first with the refine store evicted from the page cache (posix_fadvise DONTNEED), so each
+query reads its candidates' rows from disk: the cold-cache cost of the re-rank.
+
+Usage: python benchmarks/scale.py [SIZES] [--keep DIR] [--kind KIND]   e.g. 1000000 or 1000000,10000000
+(--kind forces an index kind instead of auto, e.g. ivfsq to see the 10M plan's kind at 1M)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
@@ -78,7 +87,7 @@ def run(cmd: list[str]) -> tuple[float, float, str]:
     return wall, max(peak, before) / (1 << 20), out
 
 
-def bench(n: int, root: Path) -> None:
+def bench(n: int, root: Path, kind: str = "auto") -> None:
     rng = np.random.default_rng(0)
     c = centres(rng)
     queries = sample(np.random.default_rng(99), c, QUERIES)  # held out: not in the collection
@@ -87,21 +96,48 @@ def bench(n: int, root: Path) -> None:
     exact = fill_catalog(paths, n, queries, c, rng)
     fill = time.perf_counter() - start
     cli = [sys.executable, "-m", "stylesearch", "--root", str(root)]
-    build, peak, out = run([*cli, "index", paths.name, "--json"])
+    build, peak, out = run([*cli, "index", paths.name, "--json", "--kind", kind])
     meta = json.loads(out)
     size = sum(f.stat().st_size for f in paths.index_dir("m").glob("index-*.faiss")) / (1 << 30)
+    refine = sum(f.stat().st_size for f in paths.index_dir("m").glob("refine-*.npy")) / (1 << 30)
     cold, _, _ = run([*cli, "search", paths.name, "--like", str(n // 2), "-k", "10", "--format", "tsv"])
     vectors_gib = n * DIM * 4 / (1 << 30)
     print(f"n={n:>9,}  kind {meta['kind']} ({meta['factory']}, default nprobe {meta['nprobe']})  "
           f"catalog fill {fill:6.0f} s")
     print(f"   build {build:7.1f} s   peak RSS {peak:5.2f} GiB (raw float32 vectors: {vectors_gib:5.2f} GiB)   "
-          f"index {size:5.2f} GiB on disk   cold `search --like` process {cold:5.2f} s")
+          f"index {size:5.2f} GiB on disk (+ refine store {refine:5.2f} GiB)   "
+          f"cold `search --like` process {cold:5.2f} s")
     efforts = [None] if not meta["nprobe"] else [meta["nprobe"] // 2, None, meta["nprobe"] * 2]
     for effort in efforts:
-        recall, p50, p95 = measure(load_index(paths, "m", effort), queries, exact)
         label = "default" if effort is None else f"--effort {effort}"
-        print(f"   {label:14s} recall@10 {recall:.3f} (exact search = 1.000)   p50 {p50:6.2f} ms   p95 {p95:6.2f} ms",
-              flush=True)
+        loaded = load_index(paths, "m", effort)
+        measure(dataclasses.replace(loaded, refine=None), queries, exact)  # warm the lists, not the store
+        if effort is None and loaded.refine is not None:  # before any read of the store maps its pages
+            evict(paths.index_dir("m").glob("refine-*.npy"))
+            report(label, "re-rank, store evicted (cold)", loaded, queries, exact)
+        variants = [(f"re-rank x{loaded.refine_factor}", loaded)] if loaded.refine is not None else []
+        variants.append(("codes only", dataclasses.replace(loaded, refine=None)))
+        if effort is None and loaded.refine is not None:
+            variants += [(f"re-rank x{f}", dataclasses.replace(loaded, refine_factor=f)) for f in (2, 8)]
+        for name, variant in variants:
+            report(label, name, variant, queries, exact)
+        del loaded, variants, variant  # unmap the store before the next eviction
+
+
+def report(label: str, name: str, loaded, queries: np.ndarray, exact: np.ndarray) -> None:
+    recall, p50, p95 = measure(loaded, queries, exact)
+    print(f"   {label:14s} {name:30s} recall@10 {recall:.3f} (exact = 1.000)   p50 {p50:6.2f} ms   "
+          f"p95 {p95:6.2f} ms", flush=True)
+
+
+def evict(files) -> None:
+    """Drop files' pages from the page cache (no root needed), so the next reads come from disk."""
+    for file in files:
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def measure(loaded, queries: np.ndarray, exact: np.ndarray) -> tuple[float, float, float]:
@@ -117,16 +153,19 @@ def measure(loaded, queries: np.ndarray, exact: np.ndarray) -> tuple[float, floa
 
 def main() -> None:
     args = sys.argv[1:]
-    keep = None
+    keep, kind = None, "auto"
+    if "--kind" in args:
+        kind = args[args.index("--kind") + 1]
+        args = args[:args.index("--kind")] + args[args.index("--kind") + 2:]
     if "--keep" in args:
         keep = Path(args[args.index("--keep") + 1])
-        args = args[:args.index("--keep")]
+        args = args[:args.index("--keep")] + args[args.index("--keep") + 2:]
     sizes = [int(s) for s in (args[0] if args else "1000000").split(",")]
     root = keep or Path(tempfile.mkdtemp(prefix="stylesearch-scale-"))
     print(f"{DIM}-d vectors around {CENTRES} centres, {os.cpu_count()} cores; datasets in {root}")
     try:
         for n in sizes:
-            bench(n, root)
+            bench(n, root, kind)
     finally:
         if keep is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -22,7 +22,7 @@ BODY = b"\xff\xd8" + bytes(range(256)) * 40
 
 class KeepAliveServer:
     """HTTP/1.1 with keep-alive; counts connections, records request lines and Cookie headers.
-    /img sets a cookie, /trickle sends one body byte every 0.1 s, anything else (absolute proxy
+    /img sets a cookie, /close closes its connection after the answer without a Connection header, /trickle sends one body byte every 0.1 s, anything else (absolute proxy
     form too) answers BODY."""
 
     def __init__(self, tls: ssl.SSLContext | None = None):
@@ -50,6 +50,7 @@ class KeepAliveServer:
                     self.send_header("Set-Cookie", "session=abc; Path=/")
                 self.end_headers()
                 self.wfile.write(BODY)
+                self.close_connection = self.path.endswith("/close")  # closed without saying so
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.handle_error = lambda request, address: None
@@ -106,6 +107,30 @@ def test_requests_to_one_host_share_one_kept_alive_connection(keepalive):
     bodies = [fetch_once(f"{keepalive.url}/{n}.jpg", timeout=5, max_bytes=1 << 20) for n in range(20)]
     assert bodies == [BODY] * 20 and keepalive.paths == [f"/{n}.jpg" for n in range(20)]
     assert keepalive.connections == 1  # one urllib connection per request before: 20
+
+
+def test_a_request_deadline_cuts_every_wait_of_its_own_thread_until_its_block_ends():
+    seen = []
+    assert connections.time_left(7.0, TimeoutError) == 7.0  # no deadline: a wait keeps its own timeout
+    with connections.request_deadline(0.3) as deadline:
+        assert 0.2 < connections.time_left(7.0, TimeoutError) <= 0.3 and connections.time_left(0.05, OSError) == 0.05
+        thread = threading.Thread(target=lambda: seen.append(connections.time_left(7.0, TimeoutError)))
+        thread.start()
+        thread.join()
+        time.sleep(0.35)
+        with pytest.raises(ConnectionAbortedError, match="deadline exceeded"):
+            connections.time_left(7.0, ConnectionAbortedError)  # the wait's own error, for httpcore to map
+        with pytest.raises(connections.DeadlineExceeded):
+            deadline.left()
+    assert seen == [7.0] and connections.time_left(None, TimeoutError) is None
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_reused(keepalive, monkeypatch):
+    monkeypatch.setattr(connections, "IDLE_PROBE_SECONDS", 0.2)
+    assert fetch_once(keepalive.url + "/close", timeout=5, max_bytes=1 << 20) == BODY
+    time.sleep(0.3)  # idle past IDLE_PROBE_SECONDS: the pool polls it, sees the close and opens another
+    assert fetch_once(keepalive.url + "/0.jpg", timeout=5, max_bytes=1 << 20) == BODY
+    assert keepalive.connections == 2 and keepalive.paths == ["/close", "/0.jpg"]
 
 
 def test_the_deadline_holds_on_a_reused_connection_and_cookies_are_not_kept(keepalive):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 
 from stylesearch.errors import UserError
 from stylesearch.index.build import build_index
-from stylesearch.index.load import check_recall, load_index
+from stylesearch.index.load import check_recall, load_index, recall_at_k
 from stylesearch.index.plan import choose_plan, nlist_for, parse_bytes
 from stylesearch.store.catalog import open_catalog
 
@@ -87,3 +90,58 @@ def test_deleted_items_never_scramble_ids_after_an_incremental_update(tmp_path, 
 def test_trained_kinds_refuse_tiny_collections():
     with pytest.raises(UserError, match="too few"):
         choose_plan("ivfpq", 32, 10, 1 << 30)
+
+
+def _tight_dataset(tmp_path, n=3000, dim=32):
+    """20 tight clusters: neighbours differ by less than SQ8's steps, so the codes alone misorder them."""
+    rng = np.random.default_rng(0)
+    vectors = unit_rows(20, dim, seed=1)[rng.integers(0, 20, n)] + rng.normal(0, 0.05, (n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vector_catalog(tmp_path, "tight", vectors), vectors
+
+
+def test_quantised_index_reranks_candidates_with_its_refine_store(tmp_path):
+    paths, vectors = _tight_dataset(tmp_path)
+    meta = build_index(paths, "m", "ivfsq")
+    assert meta["refine"].startswith("refine-") and (paths.index_dir("m") / meta["refine"]).exists()
+    loaded = load_index(paths, "m")
+    assert loaded.refine.shape == (3000, 32) and loaded.refine.dtype == np.float16
+    ids = np.arange(1, 3001)
+    codes_only = dataclasses.replace(loaded, refine=None)
+    refined, plain = recall_at_k(loaded, ids, vectors, 100), recall_at_k(codes_only, ids, vectors, 100)
+    assert refined >= 0.99 and plain < 0.98
+    queries = vectors[[3, 1500]]
+    scores, found = loaded.search(queries, 10)
+    exact = np.einsum("qd,qkd->qk", queries, vectors[found - 1])
+    np.testing.assert_allclose(scores, exact, atol=2e-3)  # float16 copies, not 8-bit codes
+    assert (np.diff(scores, axis=1) <= 0).all() and found[:, 0].tolist() == [4, 1501]
+    plain_scores, _ = codes_only.search(queries, 10)
+    assert not np.allclose(plain_scores, scores, atol=1e-4)  # the re-rank changed the scores it reports
+
+
+def test_incremental_build_extends_the_refine_store_and_old_indexes_still_search(tmp_path, caplog):
+    paths, vectors = _tight_dataset(tmp_path)
+    with open_catalog(paths) as cat, cat.transaction():
+        cat.set_status(list(range(2501, 3001)), "deleted")
+    first = build_index(paths, "m", "ivfsq")
+    with open_catalog(paths) as cat, cat.transaction():
+        cat.set_status(list(range(2501, 3001)), "ok")
+    again = build_index(paths, "m", "ivfsq")
+    assert again["mode"] == "incremental (+500)" and again["refine"] != first["refine"]
+    assert not (paths.index_dir("m") / first["refine"]).exists()  # the old store went with its version
+    loaded = load_index(paths, "m")
+    assert loaded.refine.shape == (3000, 32)
+    np.testing.assert_allclose(loaded.refine[2500:], vectors[2500:], atol=1e-3)  # new rows after the old
+    _, found = loaded.search(vectors[[10, 2999]], 1)
+    assert found[:, 0].tolist() == [11, 3000]
+    (paths.index_dir("m") / again["refine"]).unlink()  # a store gone missing: codes alone, with a warning
+    missing = load_index(paths, "m")
+    assert missing.refine is None and "refine store" in caplog.text
+    sidecar = paths.index_sidecar("m")
+    json_meta = json.loads(sidecar.read_text())
+    del json_meta["refine"]  # an index built before refine stores existed
+    sidecar.write_text(json.dumps(json_meta))
+    old = load_index(paths, "m")
+    assert old.refine is None and old.search(vectors[[10]], 1)[1][0, 0] == 11
+    rebuilt = build_index(paths, "m", "ivfsq")  # it gets a store by a full build, not an incremental one
+    assert rebuilt["mode"] == "full" and "refine" in rebuilt

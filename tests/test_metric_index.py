@@ -65,3 +65,18 @@ def test_stale_index_falls_back_to_exact_and_rebuild_follows_the_metric(tmp_path
     assert check_recall(paths, "m", sample=50) > 0.9
     raw = build_index(paths, "m", "flat", raw=True)
     assert raw["space"] == RAW_SPACE and load_index(paths, "m").space == RAW_SPACE
+
+
+def test_quantised_index_in_a_metric_space_reranks_by_the_metric(tmp_path):
+    paths, vectors = vector_dataset(tmp_path)
+    metric = DiagonalMetric(np.where(np.random.default_rng(3).random(16) < 0.3, 6.0, 0.2))
+    save_metric(paths, "m", metric)
+    built = build_index(paths, "m", "ivfsq")
+    assert built["refine"] and built["space"].startswith("diagonal:")
+    for row in (0, 7, 123):
+        ids, searcher = search_ids(paths, row + 1)
+        assert searcher.index.refine is not None and ids == exact_ids(metric, vectors, row, 10)
+    loaded = load_index(paths, "m")
+    query = metric.to_euclidean(vectors[[7]])
+    scores, found = loaded.search(query, 5)
+    np.testing.assert_allclose(scores[0], metric.scores(vectors[7], vectors[found[0] - 1]), atol=2e-3)

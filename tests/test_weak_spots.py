@@ -105,7 +105,8 @@ def test_negative_terms_through_the_cli_give_the_expected_rows_in_order(cli, roo
     assert [r["id"] for r in rows] == order[:6]
 
 
-def test_check_recall_is_the_exact_share_found_at_k(tmp_path):
+def test_check_recall_is_the_exact_share_found_at_k(tmp_path, monkeypatch):
+    monkeypatch.setattr("stylesearch.index.build.REFINED_KINDS", ())  # no re-rank: the codes' approximate order
     vectors = unit_rows(3000, 32, seed=2)
     paths = vector_catalog(tmp_path, "rec", vectors)
     build_index(paths, "m", "ivfsq")  # approximate distances: more than k candidates would find more

@@ -21,11 +21,10 @@ import numpy as np
 from ..errors import StyleSearchError, UserError
 from ..store.files import TEMP_MARK, atomic_write_json, file_mode, now_iso, writer_lock
 from .encoders.base import EncoderOptions
-from .encoders.onnx import EXPORT_FORMAT, STAMP, OnnxEncoder, OnnxExport, load_export, read_stamp
+from .encoders.onnx import EXPORT_FORMAT, STAMP, OnnxEncoder, OnnxExport, load_export, read_stamp, unit_rows
 
 TOWERS = ("text", "image", "image-int8")
 MIN_COSINE = 0.9999  # an exported tower must agree this well with torch on the probes
-PIXEL_TOLERANCE = 1e-4  # torch-free preprocessing vs the model's own transform (normalised units)
 PROBE_PROMPTS = ["a photo of a cat", "red stripes", "Film grain portrait, 35mm!", "Ünïcödé café — naïve façade",
                  "東京の夜景", "emoji 🐱🔥 and &amp; entities", "   spaced\tout\nlines  ", "x", "",
                  "don't stop: it's 3.14 o'clock", " ".join(["a very long caption"] * 40)]
@@ -178,8 +177,6 @@ def _files(path: Path) -> dict:
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    from .encoders.onnx import unit_rows
-
     return np.sum(unit_rows(a) * unit_rows(b), axis=1)
 
 
@@ -284,23 +281,17 @@ def _trimmed_text(net, tokens):
 def _probe_images():
     from ..ingest.samples import render
 
-    sizes = [(640, 480), (333, 500), (96, 40), (224, 224)]
-    return [render(kind, "warm", i, size) for i, (kind, size) in enumerate(zip(("stripes", "noise", "rings", "dots"),
-                                                                                 sizes))]
+    cases = (("stripes", (640, 480)), ("noise", (333, 500)), ("rings", (96, 40)), ("dots", (224, 224)))
+    return [render(kind, "warm", i, size) for i, (kind, size) in enumerate(cases)]
 
 
 def _image_preprocess(model):
-    from .encoders.pixels import Preprocess
+    from .encoders.pixels import matching_preprocess
 
-    cfg = getattr(model.model.visual, "preprocess_cfg", None)
-    if not cfg:
-        raise Unsupported("The model does not describe its image preprocessing.")
-    pre = Preprocess.from_config(cfg)
-    ours = np.stack([pre(im) for im in _probe_images()])
-    theirs = np.stack([model.preprocess(im).numpy() for im in _probe_images()])
-    if ours.shape != theirs.shape or float(np.abs(ours - theirs).max()) > PIXEL_TOLERANCE:
-        raise Unsupported("The model's image preprocessing has no torch-free equivalent here.")
-    return pre, ours
+    found = matching_preprocess(model, _probe_images())
+    if found is None:  # no preprocessing config, or one the torch-free port does not reproduce
+        raise Unsupported("The model's image preprocessing is undescribed or has no torch-free equivalent here.")
+    return found
 
 
 def _export_image(model, net, build: Path, version: str, towers: dict) -> dict:
@@ -342,17 +333,13 @@ def _export_image_int8(model, net, build: Path, version: str, towers: dict) -> d
         warnings.simplefilter("ignore")
         quantize_dynamic(folder / source["file"], path, op_types_to_quantize=["MatMul"], per_channel=True,
                          weight_type=QuantType.QInt8, use_external_data_format=True)
-    pre = Preprocess.from_config(source["preprocess"])
-    pixels = np.stack([pre(im) for im in _probe_images()])
+    pixels = np.stack(list(map(Preprocess.from_config(source["preprocess"]), _probe_images())))
     exact = session(folder / source["file"]).run(None, {"pixels": pixels})[0]
     cos = _cosines(session(path).run(None, {"pixels": pixels})[0], exact)
     return {"file": path.name, "files": _files(path), "cosine_to_fp32": round(float(cos.min()), 5)}
 
 
 _BUILDERS = {"text": _export_text, "image": _export_image, "image-int8": _export_image_int8}
-
-
-# ---------------------------------------------------------------- files
 
 
 def _move_in(build: Path, folder: Path, files: dict) -> None:

@@ -5,6 +5,8 @@ that train (IVF kinds) train on a sample; then vectors are read from the catalog
 chunk at a time, so peak memory stays near the index's own size. Writes are atomic: new
 `index-*.faiss` and `members-*.npz` files, then the sidecar that names them; versions no
 sidecar names (older builds, killed builds) and temp files are removed after a successful build.
+Quantised kinds (refine.REFINED_KINDS) also get a `refine-*.npy` store of float16 copies, written
+while the vectors are added (no second pass over the catalog), that searches re-rank with.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..store.files import atomic_path, atomic_write_json, now_iso, remove_stale_
 from ..store.paths import DatasetPaths
 from .load import IVF_KINDS, KINDS, RAW_SPACE, IndexDamaged, _space, metric_space, read_index
 from .plan import CHUNK, IndexPlan, choose_plan, format_bytes
+from .refine import REFINED_KINDS, RefineWriter, copy_rows, is_refine_name, refine_name
 
 HNSW_EF_CONSTRUCTION = 100
 KMEANS_ITERATIONS = 10
@@ -98,6 +101,8 @@ def _incremental_plan(paths: DatasetPaths, model_key: str, target: Target, ids, 
     kind = target.kind
     if old is None or old.meta["kind"] != kind or old.space != target.space or old.index.d != target.plan.dim:
         return None
+    if kind in REFINED_KINDS and old.refine is None:  # built before refine stores: rebuild with one
+        return None
     members = _members(paths.index_dir(model_key) / old.meta["members"], old.index.ntotal)
     if members is None:
         return None
@@ -128,35 +133,69 @@ def _members(file, count: int) -> dict | None:
 def _write(paths, catalog, model, metric: Metric, ids, keys, target: Target, full, progress) -> dict:
     key = model["model_key"]
     plan = None if full else _incremental_plan(paths, key, target, ids, keys)
-    started = time.monotonic()
-    if plan is None:
-        index = new_index(target.plan, target.l2)
-        if target.plan.trains:
-            progress.start(f"training {target.kind} ({target.plan.nlist} lists)", None)
-            sample = catalog.vectors.sample(key, target.plan.train_size)
-            index.train(_space(metric, sample))
-        progress.start(f"indexing ({target.kind})", len(ids))
-        for chunk_ids, vectors in catalog.vectors.iterate(key, CHUNK):
-            index.add_with_ids(_space(metric, vectors), chunk_ids)
-            progress.advance(len(chunk_ids))
-        member_ids, member_keys, mode = ids, keys, "full"
-    else:
-        old, to_add, remove, members = plan
-        index = old.index
-        if remove is not None and len(remove):
-            index.remove_ids(remove)
-        progress.start(f"indexing ({target.kind})", int(to_add.sum()))
-        new_ids = ids[to_add].tolist()
-        for start in range(0, len(new_ids), CHUNK):
-            chunk_ids, vectors = catalog.vectors.load_for_ids(key, new_ids[start:start + CHUNK])
-            index.add_with_ids(_space(metric, vectors), chunk_ids)
-            progress.advance(len(chunk_ids))
-        keep = ~np.isin(members["ids"], remove) if remove is not None else np.ones(len(members["ids"]), bool)
-        member_ids = np.concatenate([members["ids"][keep], ids[to_add]])
-        member_keys = np.concatenate([members["keys"][keep], keys[to_add]])
-        mode = f"incremental (+{int(to_add.sum())})"
+    started, stamp = time.monotonic(), _stamp()
+    count = len(ids) if plan is None else plan[0].index.ntotal + int(plan[1].sum())
+    folder = paths.index_dir(key)
+    with contextlib.ExitStack() as stack:
+        refine = _refine_writer(stack, folder, stamp, target, count)
+        if plan is None:
+            index = _full(catalog, key, metric, ids, target, refine, progress)
+            member_ids, member_keys, mode = ids, keys, "full"
+        else:
+            index, member_ids, member_keys, mode = _incremental(catalog, key, metric, ids, keys, plan, refine, progress)
+        if refine is not None:
+            refine.close()
     progress.finish()
-    return _save(paths, model, index, member_ids, member_keys, target, mode, time.monotonic() - started)
+    return _save(paths, model, index, member_ids, member_keys, target, mode, time.monotonic() - started,
+                 stamp, refine_name(stamp) if refine is not None else None)
+
+
+def _refine_writer(stack: contextlib.ExitStack, folder, stamp: str, target: Target, count: int):
+    """A writer of the refine store for quantised kinds (renamed into place when the stack closes), else None."""
+    if target.kind not in REFINED_KINDS:
+        return None
+    tmp = stack.enter_context(atomic_path(folder / refine_name(stamp), suffix=".npy"))
+    return RefineWriter(stack.enter_context(open(tmp, "wb")), count, target.plan.dim)
+
+
+def _full(catalog, key, metric: Metric, ids, target: Target, refine, progress):
+    """A new index of every vector (trained on a sample first when the kind trains)."""
+    index = new_index(target.plan, target.l2)
+    if target.plan.trains:
+        progress.start(f"training {target.kind} ({target.plan.nlist} lists)", None)
+        sample = catalog.vectors.sample(key, target.plan.train_size)
+        index.train(_space(metric, sample))
+    progress.start(f"indexing ({target.kind})", len(ids))
+    for chunk_ids, vectors in catalog.vectors.iterate(key, CHUNK):
+        _add(index, refine, chunk_ids, _space(metric, vectors))
+        progress.advance(len(chunk_ids))
+    return index
+
+
+def _incremental(catalog, key, metric: Metric, ids, keys, plan, refine, progress):
+    """The existing index with stale entries removed (flat) and new vectors added; (index, member ids, keys, mode)."""
+    old, to_add, remove, members = plan
+    index = old.index
+    if remove is not None and len(remove):
+        index.remove_ids(remove)
+    if refine is not None:
+        copy_rows(old.refine, refine, CHUNK)
+    progress.start(f"indexing ({old.meta['kind']})", int(to_add.sum()))
+    new_ids = ids[to_add].tolist()
+    for start in range(0, len(new_ids), CHUNK):
+        chunk_ids, vectors = catalog.vectors.load_for_ids(key, new_ids[start:start + CHUNK])
+        _add(index, refine, chunk_ids, _space(metric, vectors))
+        progress.advance(len(chunk_ids))
+    keep = ~np.isin(members["ids"], remove) if remove is not None else np.ones(len(members["ids"]), bool)
+    member_ids = np.concatenate([members["ids"][keep], ids[to_add]])
+    member_keys = np.concatenate([members["keys"][keep], keys[to_add]])
+    return index, member_ids, member_keys, f"incremental (+{int(to_add.sum())})"
+
+
+def _add(index, refine, chunk_ids, vectors) -> None:
+    index.add_with_ids(vectors, chunk_ids)
+    if refine is not None:
+        refine.add(vectors)
 
 
 def default_nprobe(plan: IndexPlan) -> int:
@@ -164,11 +203,15 @@ def default_nprobe(plan: IndexPlan) -> int:
     return max(16, plan.nlist // 128) if plan.trains else 0
 
 
-def _save(paths, model, index, member_ids, member_keys, target: Target, mode, seconds: float) -> dict:
+def _stamp() -> str:
+    return now_iso().replace(":", "").replace("-", "").split("+")[0] + f"-{time.monotonic_ns() % 10**6:06d}"
+
+
+def _save(paths, model, index, member_ids, member_keys, target: Target, mode, seconds: float, stamp: str,
+          refine: str | None) -> dict:
     import faiss
 
     folder = paths.index_dir(model["model_key"])
-    stamp = now_iso().replace(":", "").replace("-", "").split("+")[0] + f"-{time.monotonic_ns() % 10**6:06d}"
     index_name, members_name = paths.index_version_names(stamp)
     with atomic_path(folder / index_name) as tmp:
         faiss.write_index(index, str(tmp))
@@ -181,15 +224,17 @@ def _save(paths, model, index, member_ids, member_keys, target: Target, mode, se
         "factory": target.plan.factory(), "nlist": target.plan.nlist, "nprobe": default_nprobe(target.plan),
         "estimated_memory": format_bytes(target.plan.index_bytes()), "build_seconds": round(seconds, 2),
     }
+    if refine:
+        meta["refine"] = refine
     atomic_write_json(paths.index_sidecar(model["model_key"]), meta)
-    _remove_unnamed_versions(paths, folder, {index_name, members_name})
+    _remove_unnamed_versions(paths, folder, {index_name, members_name, refine})
     return meta
 
 
-def _remove_unnamed_versions(paths: DatasetPaths, folder, keep: set[str]) -> None:
-    """Delete index versions the sidecar no longer names (older builds, or ones a crash left behind)
+def _remove_unnamed_versions(paths: DatasetPaths, folder, keep: set) -> None:
+    """Delete index versions (and refine stores) the sidecar no longer names (older builds, or ones a crash left behind)
     and temp files of interrupted writes. Readers holding an old file open keep reading it."""
     for file in folder.iterdir():
-        if paths.is_index_version_name(file.name) and file.name not in keep:
+        if (paths.is_index_version_name(file.name) or is_refine_name(file.name)) and file.name not in keep:
             file.unlink(missing_ok=True)
     remove_stale_temp_files(folder)

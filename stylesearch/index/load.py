@@ -11,7 +11,9 @@ Layout per model: index/<model_key>/index.json (sidecar, replaced last) naming t
 sees a half-written index, and readers holding the old files keep working. Damaged files (a
 sidecar that is not the JSON this code writes, an unreadable `.faiss`) make `read_index` raise
 IndexDamaged; searches then run exactly with a warning (`load_index`), and the next build
-replaces the index in full.
+replaces the index in full. Quantised kinds also name a `refine-<stamp>.npy` store (refine.py):
+searches fetch REFINE_FACTOR x k candidates and re-rank them with it; an index without one (built
+before it existed, or its store missing) searches on its codes alone.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ..learn.metric import Metric, load_metric, similarity
 from ..store.catalog import open_catalog
 from ..store.files import read_json_or_none
 from ..store.paths import DatasetPaths
+from .refine import REFINE_FACTOR, is_refine_name, open_store, rerank
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,8 @@ def tune(index, meta: dict, effort: int | None = None) -> None:
 class LoadedIndex:
     index: object
     meta: dict
+    refine: np.ndarray | None = None  # float16 rows by position (refine.py), for quantised kinds
+    refine_factor: int = REFINE_FACTOR
     _order: tuple | None = None  # (positions sorted by id, sorted ids), computed on first use
     _direct_map: bool = False
 
@@ -69,10 +74,28 @@ class LoadedIndex:
         return self.meta.get("space", RAW_SPACE)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids) of the k best rows per query; scores are 1 - d^2/2 in a metric's space."""
+        """(scores, ids) of the k best rows per query; scores are 1 - d^2/2 in a metric's space.
+        With a refine store, refine_factor x k candidates are re-ranked by their float16 copies."""
         k = max(1, min(k, self.index.ntotal))
-        scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.refine is not None and self.refine_factor > 1:
+            return self._refined_search(queries, k)
+        scores, ids = self.index.search(queries, k)
         return (scores if self.space == RAW_SPACE else similarity(scores)), ids
+
+    def _refined_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        fetch = min(k * self.refine_factor, self.index.ntotal)
+        _, positions = self.index.index.search(queries, fetch)  # the inner index answers with positions
+        scores, positions = rerank(self.refine, queries, positions, k, l2=self.space != RAW_SPACE)
+        ids = np.where(positions >= 0, self._id_map()[np.maximum(positions, 0)], -1)
+        return (scores if self.space == RAW_SPACE else similarity(-scores)), ids
+
+    def _id_map(self) -> np.ndarray:
+        """Item id by position in the index (a view of IndexIDMap2's map, no copy)."""
+        import faiss
+
+        id_map = self.index.id_map
+        return faiss.rev_swig_ptr(id_map.data(), id_map.size())
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """Stored vectors for item ids in the index (exact for flat/HNSW/IVF, approximate for IVF-PQ)."""
@@ -153,6 +176,8 @@ def _sidecar_problem(paths: DatasetPaths, meta) -> str | None:
         return "names no index files of this folder"
     if not isinstance(meta.get("nprobe") or 0, int):
         return "has a search effort that is not a number"
+    if "refine" in meta and not is_refine_name(meta["refine"]):
+        return "names no refine store of this folder"
     return None
 
 
@@ -183,8 +208,19 @@ def read_index(paths: DatasetPaths, model_key: str, effort: int | None = None,
             tune(index, meta, effort)
         except (RuntimeError, AttributeError, TypeError):  # swapped by a new build meanwhile, or damaged
             continue
-        return LoadedIndex(index, meta)
+        return LoadedIndex(index, meta, _refine_store(paths, model_key, meta, index))
     raise _damaged(paths, model_key, f"{file} cannot be read")
+
+
+def _refine_store(paths: DatasetPaths, model_key: str, meta: dict, index) -> np.ndarray | None:
+    """The index's refine store, memory-mapped; None when it has none, or (with a warning) a damaged one."""
+    if "refine" not in meta:
+        return None
+    store = open_store(paths.index_dir(model_key) / meta["refine"], index.ntotal, index.d)
+    if store is None:
+        log.warning("The refine store of the %s index is missing or damaged; searching its codes alone "
+                    "(lower recall) until the index is built again.", model_key)
+    return store
 
 
 def load_index(paths: DatasetPaths, model_key: str, effort: int | None = None,

@@ -8,8 +8,12 @@
 | < 200k         | flat   | exact search                    | 4·d bytes         | exact, < 40 ms per query |
 | 200k – 300k    | hnsw   | HNSW32 graph                    | 4·d + 256 bytes   | fastest queries; its build grows to minutes beyond this |
 | 300k – ~3M     | ivf    | IVF-Flat, k-means on a sample   | 4·d + 8 bytes     | builds in minutes, exact distances inside the probed lists |
-| larger         | ivfsq  | IVF with 8-bit scalar codes     | d + 8 bytes       | a quarter of the memory, recall barely changes |
-| beyond memory  | ivfpq  | OPQ + IVF-PQ (64-byte codes)    | 72 bytes          | smallest; approximate distances |
+| larger         | ivfsq  | IVF with 8-bit scalar codes     | d + 8 bytes       | a quarter of the memory; candidates re-ranked |
+| beyond memory  | ivfpq  | OPQ + IVF-PQ (64-byte codes)    | 72 bytes          | smallest; candidates re-ranked |
+
+The quantised kinds (ivfsq, ivfpq) also write a refine store of float16 copies (2·d bytes per
+vector, on disk, memory-mapped: refine.py) that searches re-rank their candidates with; it is
+not counted against the memory budget, since a search reads only its candidates' rows.
 
 A kind is skipped when its estimated peak memory (index + training sample + one chunk of
 vectors + members) exceeds the budget (default: 60% of this machine's RAM; `max_memory`

@@ -3,9 +3,10 @@ where a server offers it (ALPN), connections kept per host and reused across req
 
 Two guards live at the connection layer, so they hold for every connection the pool opens, redirects
 and reconnects included:
-- the deadline: every connect, TLS handshake, write and read waits at most until the deadline of the
-  request the calling thread is making (`request_deadline`), so a request ends by its total deadline
-  however slowly a server trickles bytes;
+- the deadline: a request's one `Deadline` (`request_deadline`, which fetch.py also checks between
+  body blocks and hands httpx as the request's timeout) bounds every connect, TLS handshake, write and
+  read the calling thread makes, so a request ends by its total deadline however slowly a server
+  trickles bytes;
 - public-only clients resolve the host, refuse it unless every address is allowed, connect only to
   those checked addresses (no second lookup to rebind) and check the address actually connected to.
 
@@ -16,6 +17,8 @@ Python's own `ssl` defaults). No cookies are kept, no .netrc is read; proxies co
 
 from __future__ import annotations
 
+import functools
+import os
 import socket
 import ssl
 import threading
@@ -31,8 +34,9 @@ import httpx
 
 KEEPALIVE_SECONDS = 20.0  # an idle pooled connection is closed after this long
 KEEPALIVE_CONNECTIONS = 100  # idle connections kept open, all hosts together
+IDLE_PROBE_SECONDS = 1.0  # a connection idle this long is probed for a server's close before it is reused
 
-_local = threading.local()  # .deadline: the monotonic time the calling thread's request must end by
+_local = threading.local()  # .deadline: the Deadline of the request the calling thread is making
 _clients: dict[tuple, httpx.Client] = {}
 _clients_lock = threading.Lock()
 
@@ -41,38 +45,63 @@ class AddressNotAllowed(Exception):
     """A public-only connection was asked to reach an address its check refuses."""
 
 
+class DeadlineExceeded(TimeoutError):
+    """A request's total time (connect, headers, redirects, body) ran out."""
+
+
+class Deadline:
+    """The monotonic time by which a request must end."""
+
+    def __init__(self, seconds: float):
+        self.at = time.monotonic() + seconds
+
+    def left(self, timeout: float | None = None, error: type[Exception] = DeadlineExceeded) -> float:
+        """The seconds left, cut to `timeout` when given; raises `error` once the deadline has passed."""
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise error("deadline exceeded")
+        return left if timeout is None else min(timeout, left)
+
+
 @contextmanager
-def request_deadline(at: float) -> Iterator[None]:
-    """Every network wait of the calling thread inside this block ends by `at` (time.monotonic)."""
-    before, _local.deadline = getattr(_local, "deadline", None), at
+def request_deadline(seconds: float) -> Iterator[Deadline]:
+    """A deadline `seconds` from now that every network wait of the calling thread inside this block
+    keeps; yields it, for the caller's own checks between waits."""
+    deadline = Deadline(seconds)
+    before, _local.deadline = getattr(_local, "deadline", None), deadline
     try:
-        yield
+        yield deadline
     finally:
         _local.deadline = before
 
 
 def time_left(timeout: float | None, timeout_error: type[Exception]) -> float | None:
     """`timeout` cut to the calling thread's deadline; `timeout_error` once the deadline has passed."""
-    at = getattr(_local, "deadline", None)
-    if at is None:
-        return timeout
-    left = at - time.monotonic()
-    if left <= 0:
-        raise timeout_error("deadline exceeded")
-    return left if timeout is None else min(timeout, left)
+    deadline: Deadline | None = getattr(_local, "deadline", None)
+    return timeout if deadline is None else deadline.left(timeout, timeout_error)
 
 
 class _DeadlineStream(httpcore.NetworkStream):
-    """A connection whose every wait keeps the deadline of the request using it at the time."""
+    """A connection whose every wait keeps the deadline of the request using it at the time.
+
+    The pool asks every idle connection whether it is readable (the server closed it) each time it
+    hands out or takes back a connection, holding its lock: one poll per idle connection, each giving
+    up the GIL, which a busy process takes milliseconds to get back, so with many threads requests
+    queued on that lock. A connection used less than IDLE_PROBE_SECONDS ago is answered without a
+    poll: no server's keep-alive timeout is that short (1 s is below gunicorn's 2 s and the 5 s of
+    Apache, Node and uvicorn), and one that does close it makes a transient failure that is retried."""
 
     def __init__(self, stream: httpcore.NetworkStream):
-        self._stream = stream
+        self._stream, self._used = stream, time.monotonic()
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, time_left(timeout, httpcore.ReadTimeout))
+        data = self._stream.read(max_bytes, time_left(timeout, httpcore.ReadTimeout))
+        self._used = time.monotonic()
+        return data
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._stream.write(buffer, time_left(timeout, httpcore.WriteTimeout))
+        self._used = time.monotonic()
 
     def close(self) -> None:
         self._stream.close()
@@ -83,6 +112,8 @@ class _DeadlineStream(httpcore.NetworkStream):
         return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
 
     def get_extra_info(self, info: str):
+        if info == "is_readable" and time.monotonic() - self._used < IDLE_PROBE_SECONDS:
+            return False
         return self._stream.get_extra_info(info)
 
 
@@ -153,11 +184,21 @@ def http2_available() -> bool:
     return True
 
 
+PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY", "REQUEST_METHOD")
+
+
 def env_proxy(url: str) -> str | None:
-    """The proxy the environment names for this URL (urllib's rules: `*_PROXY`, `NO_PROXY`); http(s) only."""
+    """The proxy the environment names for this URL (urllib's rules: `*_PROXY`, `NO_PROXY`); http(s) only.
+    Worked out again whenever a variable those rules read changes (reading all the environment each
+    request would cost more than a pooled request itself)."""
     parts = urlsplit(url)
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if not proxy or urllib.request.proxy_bypass(parts.netloc) or urlsplit(proxy).scheme not in ("http", "https"):
+    return _env_proxy(parts.scheme, parts.netloc, tuple(os.environ.get(name) for name in PROXY_VARIABLES))
+
+
+@functools.lru_cache(maxsize=1024)
+def _env_proxy(scheme: str, netloc: str, environment: tuple) -> str | None:
+    proxy = urllib.request.getproxies().get(scheme)
+    if not proxy or urllib.request.proxy_bypass(netloc) or urlsplit(proxy).scheme not in ("http", "https"):
         return None
     return proxy
 
@@ -180,5 +221,6 @@ def reset_clients() -> None:
     with _clients_lock:
         clients = list(_clients.values())
         _clients.clear()
+        _env_proxy.cache_clear()
     for client in clients:
         client.close()

@@ -17,9 +17,13 @@ import string
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from .connections import Deadline  # connections imports httpx: only where a fetch needs it
 
 USER_AGENT = "stylesearch/0.1 (+image collection tool)"
 TRANSIENT_CODES = {408, 425, 429, 500, 502, 503, 504}
@@ -131,32 +135,16 @@ MAX_REDIRECTS = 10
 HEADERS = {"User-Agent": USER_AGENT, "Accept": "image/*,*/*;q=0.5", "Accept-Encoding": "identity"}
 
 
-class DeadlineExceeded(TimeoutError):
-    """The request's total time (connect, headers, redirects, body) ran out."""
-
-
-class _Deadline:
-    def __init__(self, seconds: float):
-        self.at = time.monotonic() + seconds
-
-    def remaining(self) -> float:
-        left = self.at - time.monotonic()
-        if left <= 0:
-            raise DeadlineExceeded("deadline exceeded")
-        return left
-
-
 def fetch_once(url: str, timeout: float, max_bytes: int, public_only: bool = False) -> bytes:
     """One GET that takes at most `timeout` seconds in all (connect, headers, redirects, body), over
     pooled keep-alive connections (connections.py); `public_only`: AddressRefused for a host (or
     redirect target) that is not a public address."""
     import httpx
 
-    from .connections import AddressNotAllowed, request_deadline
+    from .connections import AddressNotAllowed, DeadlineExceeded, request_deadline
 
-    deadline = _Deadline(timeout)
     try:
-        with request_deadline(deadline.at):
+        with request_deadline(timeout) as deadline:
             return _get(_wire_url(url), max_bytes, deadline, public_only)
     except FetchError:
         raise
@@ -170,13 +158,13 @@ def fetch_once(url: str, timeout: float, max_bytes: int, public_only: bool = Fal
         raise FetchError(f"network: {str(exc) or type(exc).__name__}", transient=True) from None
 
 
-def _get(url: str, max_bytes: int, deadline: _Deadline, public_only: bool) -> bytes:
+def _get(url: str, max_bytes: int, deadline: Deadline, public_only: bool) -> bytes:
     """GET, following redirects only to allowed (http or https) URLs, checked on every hop."""
     from .connections import env_proxy, shared_client
 
     for _ in range(MAX_REDIRECTS + 1):
         client = shared_client(_is_refused) if public_only else shared_client(None, env_proxy(url))
-        with client.stream("GET", url, headers=HEADERS, timeout=deadline.remaining()) as resp:
+        with client.stream("GET", url, headers=HEADERS, timeout=deadline.left()) as resp:
             location = resp.headers.get("location")
             if resp.status_code in REDIRECT_CODES and location is not None:
                 url = _redirect_target(url, location)
@@ -199,13 +187,13 @@ def _redirect_target(url: str, location: str) -> str:
     return _wire_url(target)
 
 
-def _read_limited(blocks, max_bytes: int, deadline: _Deadline) -> bytes:
+def _read_limited(blocks, max_bytes: int, deadline: Deadline) -> bytes:
     chunks, total = [], 0
     for block in blocks:
         total += len(block)
         if total > max_bytes:
             raise FetchError(f"larger than {max_bytes} bytes", transient=False)
-        deadline.remaining()
+        deadline.left()
         chunks.append(block)
     return b"".join(chunks)
 

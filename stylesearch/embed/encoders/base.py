@@ -41,7 +41,7 @@ class Encoder(Protocol):
 class EncoderOptions:
     backend: str = "auto"
     batch_size: int = 32
-    workers: int | None = None  # decode/preprocess processes; None = decode_workers()
+    workers: int | None = None  # decode threads (DataLoader fallback: processes); None = decode_workers()
     device: str = "auto"
     precision: str = "auto"
     engine: str = "local"  # local, or ray (a Ray cluster; see encoders/ray.py)
@@ -51,5 +51,5 @@ class EncoderOptions:
 
 
 def decode_workers(options: EncoderOptions) -> int:
-    """Decode processes of a run: as asked, else cores.decode_workers's default."""
+    """Decode threads of a run: as asked, else cores.decode_workers's default."""
     return cores.decode_workers(options.workers)

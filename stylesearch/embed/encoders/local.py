@@ -1,5 +1,6 @@
-"""The local torch encoder: a DataLoader decodes and preprocesses in worker processes,
-the model encodes each batch on the chosen device."""
+"""The local torch encoder: the model encodes each batch on the chosen device while the next is
+decoded beside it (pixels.decoded_batches: threads, torch-free preprocessing); a model without a
+preprocessing config falls back to a DataLoader running its own transform in worker processes."""
 
 from __future__ import annotations
 
@@ -7,25 +8,22 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from .base import EncodedBatch, EncoderOptions, decode_workers
-from .pixels import Preprocess, load_item
+from .pixels import Preprocess, decoded_batches, load_item, matching_preprocess
 
 
 class _DecodeDataset:
-    """Decodes and preprocesses one image per index; failures become None (counted, skipped).
+    """Decodes and transforms one image per index with the model's own transform; failures become
+    None (counted, skipped)."""
 
-    JPEGs are reduced on decode (pixels.Preprocess.draft_side) when the model's preprocessing is known.
-    """
-
-    def __init__(self, files: Sequence[Path], preprocess, draft: Preprocess | None = None):
+    def __init__(self, files: Sequence[Path], preprocess):
         self.files = list(files)
         self.preprocess = preprocess
-        self.draft = draft
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
-        pixels, error = load_item(self.files[i], self.preprocess, self.draft)
+        pixels, error = load_item(self.files[i], self.preprocess)
         return i, pixels, error
 
 
@@ -39,9 +37,12 @@ def _collate(batch):
 
 
 def model_preprocess(model) -> Preprocess | None:
-    """The torch-free description of a loaded model's preprocessing (for reduce-on-decode), if it has one."""
-    cfg = getattr(getattr(model.model, "visual", None), "preprocess_cfg", None)
-    return Preprocess.from_config(cfg) if cfg else None
+    """The torch-free equivalent of a loaded model's preprocessing, checked on a probe image (as an
+    ONNX export checks it), or None: then the model's own transform runs."""
+    from ...ingest.samples import render
+
+    found = matching_preprocess(model, [render("noise", "warm", 1, (333, 500)), render("rings", "cool", 2, (96, 40))])
+    return found[0] if found else None
 
 
 class LocalEncoder:
@@ -68,11 +69,23 @@ class LocalEncoder:
         return self.model
 
     def encode(self, files: Sequence[Path]) -> Iterator[EncodedBatch]:
+        preprocess = model_preprocess(self.model)
+        if preprocess is None:
+            yield from self._encode_with_loader(files)
+            return
+        import torch
+
+        for idx, pixels, bad in decoded_batches(files, preprocess, self.options.batch_size,
+                                                decode_workers(self.options)):
+            vectors = self.model.encode_images(torch.from_numpy(pixels)) if pixels is not None else None
+            yield EncodedBatch(idx, vectors, bad)
+
+    def _encode_with_loader(self, files: Sequence[Path]) -> Iterator[EncodedBatch]:
         from torch.utils.data import DataLoader
 
         opts = self.options
         workers = decode_workers(opts)
-        dataset = _DecodeDataset(files, self.model.preprocess, model_preprocess(self.model))
+        dataset = _DecodeDataset(files, self.model.preprocess)
         loader = DataLoader(dataset, batch_size=opts.batch_size, num_workers=workers, collate_fn=_collate,
                             pin_memory=self.device.startswith("cuda"), prefetch_factor=4 if workers else None)
         for idx, pixels, bad in loader:

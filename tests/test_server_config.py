@@ -103,7 +103,7 @@ def test_a_free_port_passes_and_a_listening_one_is_refused():
         listener.listen(1)
         with pytest.raises(PortBusy) as refused:
             check_port_free("127.0.0.1", port)
-        assert str(refused.value).startswith(f"Cannot listen on 127.0.0.1:{port}: ")
+        assert refused.value.message == f"Cannot listen on 127.0.0.1:{port}: Address already in use."
         assert "Another program" in refused.value.hint
     check_port_free("127.0.0.1", port)  # closed again: free
 
@@ -166,16 +166,6 @@ def test_refusal_texts_name_the_way_out():
         web_origin("*")
     assert origin.value.hint == ("Give a web origin such as http://127.0.0.1:1235 (scheme, host and port only; "
                                  "'*' is not accepted).")
-
-
-def test_the_refusal_names_the_systems_reason():
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        port = listener.getsockname()[1]
-        listener.listen(1)
-        with pytest.raises(PortBusy) as refused:
-            check_port_free("127.0.0.1", port)
-    assert refused.value.message == f"Cannot listen on 127.0.0.1:{port}: Address already in use."
 
 
 # --- the request guards at the ASGI level: bodies without a Content-Length ---

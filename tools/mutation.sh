@@ -6,6 +6,8 @@
 #   MUTATION_FRESH=1 tools/mutation.sh ...     forget earlier verdicts (otherwise a rerun is incremental)
 #   MUTATION_SAMPLE=200 tools/mutation.sh ...  run a seeded random sample of 200 mutants per package
 #                                              (MUTATION_SEED, default 1): ~10-20 minutes a package
+#   MUTATION_RETRY=1 MUTATION_SAMPLE=200 ...   run again only the sampled mutants not killed yet (after
+#                                              adding tests); the report still covers the whole sample
 #
 # For each package, the checkout as it is now (stylesearch/, tests/, pyproject.toml) is copied to
 # $MUTATION_DIR/PACKAGE (default /tmp/stylesearch-mutation), mutmut is configured there to mutate only
@@ -83,7 +85,11 @@ EOF
   } > "$work/pyproject.toml"
   echo "== $name: mutating $sources; tests: ${existing[*]}" >&2
   local start=$SECONDS names=() sample_file=""
-  if [[ -n "${MUTATION_SAMPLE:-}" ]]; then
+  if [[ -n "${MUTATION_SAMPLE:-}" && -n "${MUTATION_RETRY:-}" && -s "$work/sample.txt" ]]; then
+    sample_file="$work/sample.txt"
+    mapfile -t names < <("$python" "$repo/tools/mutation_report.py" unkilled "$work" "$sample_file")
+    [[ ${#names[@]} -gt 0 ]] || { "$python" "$repo/tools/mutation_report.py" report "$work" "$name" 0 "$sample_file"; return 0; }
+  elif [[ -n "${MUTATION_SAMPLE:-}" ]]; then
     # mutants are made and the tests mapped to them by a run that matches no mutant (it then stops)
     (cd "$work" && mutmut_in "$work" run --max-children "$children" "no-such-mutant" >"$work/list.log" 2>&1) || true
     sample_file="$work/sample.txt"

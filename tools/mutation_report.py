@@ -1,6 +1,7 @@
 """Mutant lists and verdicts from mutmut 3's `mutants/**/*.py.meta` files (used by tools/mutation.sh).
 
   python tools/mutation_report.py sample WORKDIR N SEED    print N mutant names drawn at random (seeded)
+  python tools/mutation_report.py unkilled WORKDIR NAMES_FILE    print the names in NAMES_FILE not killed yet
   python tools/mutation_report.py report WORKDIR NAME SECONDS [NAMES_FILE]
       killed/survived counts over every mutant, or over the names in NAMES_FILE (a sample), then the
       mutants not killed, one per line
@@ -54,5 +55,8 @@ if __name__ == "__main__":
     command, workdir = sys.argv[1], Path(sys.argv[2])
     if command == "sample":
         print("\n".join(sample(workdir, int(sys.argv[3]), int(sys.argv[4]))))
+    elif command == "unkilled":
+        found = verdicts(workdir)
+        print("\n".join(n for n in Path(sys.argv[3]).read_text().split() if found.get(n) not in KILLED))
     else:
         report(workdir, sys.argv[3], sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else None)

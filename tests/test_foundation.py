@@ -166,3 +166,105 @@ def test_new_catalogs_use_pages_that_fit_vectors(tmp_path):
     with open_catalog(paths, create=True) as cat:
         assert cat.conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 16384
         assert cat.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+# --- store details that mutation testing found untested: listings, download records, metadata rows, appends, disk-full words, vectors by id ---
+
+def test_dataset_and_model_listings_with_counts_and_a_damaged_catalog(tmp_path):
+    from stylesearch.store.datasets import describe, list_datasets, list_models
+
+    from .test_metadata_search import feed_dataset
+
+    a, _ = feed_dataset(tmp_path, "a", n=6, seed=1, key="zeta")
+    feed_dataset(tmp_path, "b", n=4, seed=2, key="zeta")
+    with open_catalog(a) as cat, cat.transaction():
+        cat.conn.execute("UPDATE items SET status='deleted' WHERE id IN (1, 2)")
+    broken = dataset_paths("c", tmp_path)
+    broken.home.mkdir(parents=True)
+    broken.catalog.write_bytes(b"not a database at all" * 100)
+    rows = {r["name"]: r for r in list_datasets(tmp_path)}
+    assert rows["a"] == {"name": "a", "path": str(a.home), "items": 4, "deleted": 2, "corrupt": 0,
+                         "models": ["zeta"], "error": None}
+    assert rows["c"]["items"] is None and rows["c"]["error"] == f"Catalog {broken.catalog} cannot be opened (file is not a database)."
+    assert describe("a", tmp_path)["items"]["deleted"] == 2
+    models = list_models(["b", "a"], tmp_path)
+    assert [(m["model_key"], m["model"], m["datasets"]) for m in models] == [("zeta", "m", ["b", "a"])]
+
+
+def test_download_records_keep_every_field_and_count_attempts(tmp_path):
+    with open_catalog(dataset_paths("dl", tmp_path), create=True) as cat, cat.transaction():
+        cat.record_download("http://x/a.jpg", "failed", "timeout")
+        cat.record_download("http://x/a.jpg", "ok", None, "a.jpg", "f" * 64)
+        assert cat.download_record("http://x/a.jpg") == {"url": "http://x/a.jpg", "status": "ok", "reason": None,
+                                                          "item_path": "a.jpg", "content_hash": "f" * 64,
+                                                          "attempts": 2}
+        assert cat.download_record("http://x/none.jpg") is None
+
+
+def test_live_ids_where_binds_its_arguments_and_merged_metadata_is_filterable(tmp_path):
+    with open_catalog(dataset_paths("meta", tmp_path), create=True) as cat, cat.transaction():
+        assert cat.metadata_fields() == {}
+        ids = [cat.upsert_item(f"{n}.jpg", content_hash=f"{n:064d}", status="ok", width=10 * n) for n in range(4)]
+        assert cat.live_ids_where("width >= ?", [20]) == {ids[2], ids[3]}
+        cat.merge_metadata_many({ids[0]: {"tags": ["x", True]}, ids[1]: {"tags": ["y"]}})
+        assert cat.live_ids_where("id IN (SELECT item_id FROM item_meta WHERE key=? AND value_text=?)",
+                                  ["tags", "true"]) == {ids[0]}
+        assert cat.metadata_fields() == {"tags": 2}
+
+
+def test_metadata_rows_and_values_of_nested_and_boolean_fields():
+    from stylesearch.store.meta_values import meta_rows, meta_value
+
+    assert meta_rows({"ok": [True, False], "n": 2, "d": {"e": "x"}}) == [
+        ("ok", "true", None), ("ok", "false", None), ("n", "2", 2.0), ("d.e", "x", None)]
+    assert meta_value({"a": {"b": 1}}, "a.b") == 1
+    assert meta_value({"a": 5}, "a.b") is None and meta_value({"a": {"c": 1}}, "a.b") is None
+
+
+def test_an_append_after_an_unfinished_line_starts_a_new_one(tmp_path):
+    import json
+
+    from stylesearch.store.files import append_jsonl
+
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(b'{"cut": ')
+    append_jsonl(log, {"a": 1})
+    assert log.read_bytes() == b'{"cut": \n' + json.dumps({"a": 1}).encode() + b"\n"
+
+
+def test_disk_full_in_every_wording_and_temp_files_counted(tmp_path):
+    import errno
+
+    from stylesearch.store.files import TEMP_MARK, is_disk_full, remove_temp_files_of
+
+    assert is_disk_full(OSError(errno.ENOSPC, "x")) and is_disk_full(OSError(errno.EDQUOT, "x"))
+    assert is_disk_full(RuntimeError("Quota exceeded")) and is_disk_full(RuntimeError("database or disk is full"))
+    assert not is_disk_full(RuntimeError("permission denied")) and not is_disk_full(OSError(errno.EACCES, "x"))
+    target = tmp_path / "map.png"
+    for n in range(3):
+        (tmp_path / f".map.png{TEMP_MARK}{n}").write_bytes(b"")
+    (tmp_path / "other.png").write_bytes(b"")
+    assert remove_temp_files_of(target) == 3 and [p.name for p in tmp_path.iterdir()] == ["other.png"]
+    assert remove_temp_files_of(tmp_path / "missing" / "x.png") == 0
+
+
+def test_vectors_for_ids_in_the_order_asked(tmp_path):
+    import numpy as np
+
+    from .test_metadata_search import feed_dataset
+
+    paths, vectors = feed_dataset(tmp_path, "v", n=5, seed=4)
+    with open_catalog(paths) as cat:
+        ids, rows = cat.vectors.load_for_ids("m", [4, 99, 2, 5])
+        assert ids.tolist() == [4, 2, 5] and np.allclose(rows, vectors[[3, 1, 4]])
+        empty_ids, empty = cat.vectors.load_for_ids("m", [])
+        assert empty_ids.dtype == np.int64 and empty.shape == (0, 16) and empty.dtype == np.float32
+
+
+def test_the_user_cache_folder_defaults_under_home(tmp_path, monkeypatch):
+    from stylesearch.store.paths import user_cache_dir
+
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("STYLESEARCH_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert str(user_cache_dir()).startswith(str(tmp_path / ".cache"))

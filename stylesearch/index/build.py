@@ -26,7 +26,7 @@ from ..store.files import atomic_path, atomic_write_json, now_iso, remove_stale_
 from ..store.paths import DatasetPaths
 from .load import IVF_KINDS, KINDS, RAW_SPACE, IndexDamaged, _space, metric_space, read_index
 from .plan import CHUNK, IndexPlan, choose_plan, format_bytes
-from .refine import REFINED_KINDS, RefineWriter, copy_rows, is_refine_name, refine_name
+from .refine import REFINED_KINDS, RefineWriter, copy_rows
 
 HNSW_EF_CONSTRUCTION = 100
 KMEANS_ITERATIONS = 10
@@ -147,14 +147,14 @@ def _write(paths, catalog, model, metric: Metric, ids, keys, target: Target, ful
             refine.close()
     progress.finish()
     return _save(paths, model, index, member_ids, member_keys, target, mode, time.monotonic() - started,
-                 stamp, refine_name(stamp) if refine is not None else None)
+                 stamp, paths.refine_store_name(stamp) if refine is not None else None)
 
 
 def _refine_writer(stack: contextlib.ExitStack, folder, stamp: str, target: Target, count: int):
     """A writer of the refine store for quantised kinds (renamed into place when the stack closes), else None."""
     if target.kind not in REFINED_KINDS:
         return None
-    tmp = stack.enter_context(atomic_path(folder / refine_name(stamp), suffix=".npy"))
+    tmp = stack.enter_context(atomic_path(folder / DatasetPaths.refine_store_name(stamp), suffix=".npy"))
     return RefineWriter(stack.enter_context(open(tmp, "wb")), count, target.plan.dim)
 
 
@@ -235,6 +235,6 @@ def _remove_unnamed_versions(paths: DatasetPaths, folder, keep: set) -> None:
     """Delete index versions (and refine stores) the sidecar no longer names (older builds, or ones a crash left behind)
     and temp files of interrupted writes. Readers holding an old file open keep reading it."""
     for file in folder.iterdir():
-        if (paths.is_index_version_name(file.name) or is_refine_name(file.name)) and file.name not in keep:
+        if (paths.is_index_version_name(file.name) or paths.is_refine_store_name(file.name)) and file.name not in keep:
             file.unlink(missing_ok=True)
     remove_stale_temp_files(folder)

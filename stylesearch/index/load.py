@@ -29,7 +29,7 @@ from ..learn.metric import Metric, load_metric, similarity
 from ..store.catalog import open_catalog
 from ..store.files import read_json_or_none
 from ..store.paths import DatasetPaths
-from .refine import REFINE_FACTOR, is_refine_name, open_store, rerank
+from .refine import REFINE_FACTOR, open_store, rerank
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def _sidecar_problem(paths: DatasetPaths, meta) -> str | None:
         return "names no index files of this folder"
     if not isinstance(meta.get("nprobe") or 0, int):
         return "has a search effort that is not a number"
-    if "refine" in meta and not is_refine_name(meta["refine"]):
+    if "refine" in meta and not paths.is_refine_store_name(meta["refine"]):
         return "names no refine store of this folder"
     return None
 

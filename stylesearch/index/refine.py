@@ -25,14 +25,6 @@ REFINE_FACTOR = 4  # candidates fetched per result to be re-ranked (k=10: 40 row
 DTYPE = np.float16
 
 
-def refine_name(stamp: str) -> str:
-    return f"refine-{stamp}.npy"
-
-
-def is_refine_name(name: str) -> bool:
-    return isinstance(name, str) and "/" not in name and name.startswith("refine-") and name.endswith(".npy")
-
-
 class RefineWriter:
     """Writes the rows of a refine store in add order, a chunk at a time (memory: one chunk), to an open
     binary file; the header says `count` rows of `dim`, and `close` checks that many were written."""

@@ -117,6 +117,15 @@ class DatasetPaths:
         return (name.startswith("index-") and name.endswith(".faiss")) or (
             name.startswith("members-") and name.endswith(".npz"))
 
+    @staticmethod
+    def refine_store_name(stamp: str) -> str:
+        """File name of one index version's refine store (float16 copies of its vectors, index/refine.py)."""
+        return f"refine-{stamp}.npy"
+
+    @staticmethod
+    def is_refine_store_name(name) -> bool:
+        return isinstance(name, str) and "/" not in name and name.startswith("refine-") and name.endswith(".npy")
+
     def metric_dir(self, model_key: str) -> Path:
         return self.home / "metric" / model_key
 

@@ -278,17 +278,10 @@ def _trimmed_text(net, tokens):
 # ---------------------------------------------------------------- image towers
 
 
-def _probe_images():
-    from ..ingest.samples import render
-
-    cases = (("stripes", (640, 480)), ("noise", (333, 500)), ("rings", (96, 40)), ("dots", (224, 224)))
-    return [render(kind, "warm", i, size) for i, (kind, size) in enumerate(cases)]
-
-
 def _image_preprocess(model):
-    from .encoders.pixels import matching_preprocess
+    from .encoders.pixels import matching_preprocess, probe_images
 
-    found = matching_preprocess(model, _probe_images())
+    found = matching_preprocess(model, probe_images())
     if found is None:  # no preprocessing config, or one the torch-free port does not reproduce
         raise Unsupported("The model's image preprocessing is undescribed or has no torch-free equivalent here.")
     return found
@@ -323,7 +316,7 @@ def _export_image_int8(model, net, build: Path, version: str, towers: dict) -> d
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from .encoders.onnx import session
-    from .encoders.pixels import Preprocess
+    from .encoders.pixels import Preprocess, probe_images
     from .models import _quiet_root_logger  # the quantizer advises on the root logger
 
     source = towers["image"]
@@ -333,7 +326,7 @@ def _export_image_int8(model, net, build: Path, version: str, towers: dict) -> d
         warnings.simplefilter("ignore")
         quantize_dynamic(folder / source["file"], path, op_types_to_quantize=["MatMul"], per_channel=True,
                          weight_type=QuantType.QInt8, use_external_data_format=True)
-    pixels = np.stack(list(map(Preprocess.from_config(source["preprocess"]), _probe_images())))
+    pixels = np.stack(list(map(Preprocess.from_config(source["preprocess"]), probe_images())))
     exact = session(folder / source["file"]).run(None, {"pixels": pixels})[0]
     cos = _cosines(session(path).run(None, {"pixels": pixels})[0], exact)
     return {"file": path.name, "files": _files(path), "cosine_to_fp32": round(float(cos.min()), 5)}

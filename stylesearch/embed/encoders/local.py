@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from .base import EncodedBatch, EncoderOptions, decode_workers
-from .pixels import Preprocess, decoded_batches, load_item, matching_preprocess
+from .pixels import Preprocess, decoded_batches, load_item, matching_preprocess, probe_images
 
 
 class _DecodeDataset:
@@ -39,9 +39,7 @@ def _collate(batch):
 def model_preprocess(model) -> Preprocess | None:
     """The torch-free equivalent of a loaded model's preprocessing, checked on a probe image (as an
     ONNX export checks it), or None: then the model's own transform runs."""
-    from ...ingest.samples import render
-
-    found = matching_preprocess(model, [render("noise", "warm", 1, (333, 500)), render("rings", "cool", 2, (96, 40))])
+    found = matching_preprocess(model, probe_images())
     return found[0] if found else None
 
 

@@ -105,6 +105,15 @@ def _tables(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
     return np.ascontiguousarray(((levels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).T)
 
 
+def probe_images() -> list:
+    """Generated images of several sizes and shapes on which a torch-free preprocessing is checked
+    against the model's own transform (before an ONNX export, and before torch embeds with it)."""
+    from ...ingest.samples import render
+
+    cases = (("stripes", (640, 480)), ("noise", (333, 500)), ("rings", (96, 40)), ("dots", (224, 224)))
+    return [render(kind, "warm", i, size) for i, (kind, size) in enumerate(cases)]
+
+
 def matching_preprocess(model, probes: list, tolerance: float = PIXEL_TOLERANCE):
     """(Preprocess, its tensors of the probe images) when the loaded open_clip model's config describes
     a preprocessing that reproduces the model's own transform within `tolerance` on `probes`, else None."""

@@ -7,7 +7,11 @@ so decoding costs what a camera or web photo costs (flat synthetic patterns deco
 - decoding + preprocessing alone (one thread, as an embedding run decodes beside its model);
 - the model-only ceiling of each ONNX tower: the exported image tower (fp32, int8) in onnxruntime with
   the session an embedding run uses, on batches resized and normalised beforehand (nothing else runs);
-  torch's too (the model's encode_image on the same batches);
+  torch's too (the model's encode_image on the same batches); measured before and again after the
+  end-to-end runs, and the higher rate of the two is the ceiling (one slow pass, e.g. a busy moment or
+  a cold allocator, would otherwise lower it and flatter the end-to-end share);
+- the fp32 peak: float32 matrix products in numpy on every core, and the image tower's FLOPs per image
+  (torch's FLOP counter), so each ceiling is also a share of what the CPU can do;
 - each backend end to end (`embed_dataset`: decode, resize, model, catalog writes; an ONNX session is
   made inside the timed run, as a user's run makes it, the torch model is loaded before it) and its
   share of its own ceiling;
@@ -19,8 +23,12 @@ so decoding costs what a camera or web photo costs (flat synthetic patterns deco
 Models are random-init (`-p random`): the same compute as pretrained weights, which cannot be fetched
 here. The ONNX export is made once per model beforehand (its time is printed, not counted).
 
+--size 640x480 makes every file that size instead (the issue's first measurement: smaller files,
+cheaper decoding, so the model's share of the time is larger).
+
 Usage: python benchmarks/embed_speed.py [COUNT] [--models ViT-B-32] [--backends onnx,onnx-int8,torch]
                                         [--batch-size 64] [--ceiling-batches 4] [--device cpu] [--peers]
+                                        [--size WxH]
 """
 
 from __future__ import annotations
@@ -81,11 +89,11 @@ def photo(seed: int, size: tuple[int, int]):
     return Image.fromarray(np.clip(acc, 0, 255).astype(np.uint8))
 
 
-def write_photos(folder: Path, count: int) -> list[Path]:
+def write_photos(folder: Path, count: int, sizes=PHOTO_SIZES) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     files = [folder / f"photo-{n:05d}.jpg" for n in range(count)]
     for n, path in enumerate(files):
-        photo(n, PHOTO_SIZES[n % len(PHOTO_SIZES)]).save(path, quality=88)
+        photo(n, sizes[n % len(sizes)]).save(path, quality=88)
     return files
 
 
@@ -120,6 +128,67 @@ def torch_ceiling(model, batches: list[np.ndarray]) -> float:
     for batch in batches[1:]:
         model.encode_images(torch.from_numpy(batch))
     return sum(len(b) for b in batches[1:]) / (time.perf_counter() - start)
+
+
+def ceilings(backends: list[str], export, model, batches: list[np.ndarray]) -> dict[str, float]:
+    """Model-only images/s of each backend on the same pre-resized batches."""
+    rates = {b: onnx_ceiling(export.path("image-int8" if b == "onnx-int8" else "image"), batches)
+             for b in backends if b.startswith("onnx")}
+    if "torch" in backends:
+        rates["torch"] = torch_ceiling(model, batches)
+    return rates
+
+
+def report_end_to_end(results: dict, before: dict, after: dict) -> dict[str, float]:
+    """Print each backend's ceiling (the higher of its two passes) and end-to-end share; their rates."""
+    rates = {}
+    for backend in results:
+        ceiling = max(before[backend], after[backend])
+        print(f"  ceiling {backend:10s} model only: {ceiling:6.2f} images/s "
+              f"(before the end-to-end runs {before[backend]:6.2f}, after {after[backend]:6.2f})", flush=True)
+    for backend, (result, elapsed, _) in results.items():
+        rates[backend] = result.embedded / elapsed
+        ceiling = max(before[backend], after[backend])
+        extra = ""
+        if "int8_cosine_mean" in result.backend:
+            extra = f"; int8 vs fp32 cosine mean {result.backend['int8_cosine_mean']:.5f}"
+        print(f"  end to end {backend:10s} on {result.device}: {result.embedded} images in {elapsed:.1f} s = "
+              f"{rates[backend]:6.2f} images/s = {rates[backend] / ceiling:.2f} of its ceiling{extra}", flush=True)
+    return rates
+
+
+def matmul_peak(seconds: float = 3.0, n: int = 2048) -> float:
+    """GFLOP/s of float32 matrix products (numpy's BLAS on every core): the CPU's practical fp32 peak."""
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    a @ a
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ a
+        runs += 1
+    return runs * 2 * n ** 3 / (time.perf_counter() - start) / 1e9
+
+
+def image_gflop(model) -> float:
+    """GFLOP of one image through a ViT image tower, counted from its layers (a multiply-add is 2 FLOPs):
+    the patch convolution, every linear layer and attention's projections on each token, attention's
+    two token-by-token products. (torch's FLOP counter misses attention's fused inference path.)"""
+    import torch
+
+    visual = model.model.visual
+    grid = visual.grid_size
+    tokens = grid[0] * grid[1] + 1  # patches and the class token
+    conv = visual.conv1
+    flops = 2 * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels * grid[0] * grid[1]
+    for module in visual.modules():
+        if isinstance(module, torch.nn.Linear):
+            flops += 2 * module.in_features * module.out_features * tokens
+        elif isinstance(module, torch.nn.MultiheadAttention):
+            width = module.embed_dim
+            flops += 2 * 3 * width * width * tokens + 2 * 2 * tokens * tokens * width
+    proj = getattr(visual, "proj", None)
+    if proj is not None:
+        flops += 2 * proj.shape[0] * proj.shape[1]
+    return flops / 1e9
 
 
 def end_to_end(tmp: Path, images: Path, spec: ModelSpec, backend: str, model, export: Path, args) -> tuple:
@@ -166,25 +235,19 @@ def bench_model(name: str, tmp: Path, images: Path, files: list[Path], args) -> 
           f"(mean file {sizes:.0f} KiB)", flush=True)
     batches = pixel_batches(files[:args.batch_size * (args.ceiling_batches + 1)], preprocess, args.batch_size)
     backends = args.backends.split(",")
-    ceilings = {b: onnx_ceiling(export.path("image-int8" if b == "onnx-int8" else "image"), batches)
-                for b in backends if b.startswith("onnx")}
-    if "torch" in backends:
-        ceilings["torch"] = torch_ceiling(model, batches)
-    for backend, rate in ceilings.items():
-        print(f"  ceiling {backend:10s} model only: {rate:6.2f} images/s", flush=True)
-    if args.device != "cpu":
-        model = load_model(spec, args.device)
-    vectors, rates = {}, {}
+    before = ceilings(backends, export, model, batches)
+    run_model = model if args.device == "cpu" else load_model(spec, args.device)
+    results = {backend: end_to_end(tmp, images, spec, backend, run_model, source.onnx_dir(spec.key), args)
+               for backend in backends}
+    after = ceilings(backends, export, model, batches)
+    rates = report_end_to_end(results, before, after)
+    gflop, peak = image_gflop(model), matmul_peak()
+    print(f"  one image = {gflop:.2f} GFLOP; fp32 peak (numpy float32 matrix products, {available_cores()} cores): "
+          f"{peak:.0f} GFLOP/s = {peak / gflop:.1f} images/s", flush=True)
     for backend in backends:
-        result, elapsed, vectors[backend] = end_to_end(tmp, images, spec, backend, model,
-                                                       source.onnx_dir(spec.key), args)
-        rates[backend] = result.embedded / elapsed
-        extra = ""
-        if "int8_cosine_mean" in result.backend:
-            extra = f"; int8 vs fp32 cosine mean {result.backend['int8_cosine_mean']:.5f}"
-        print(f"  end to end {backend:10s} on {result.device}: {result.embedded} images in {elapsed:.1f} s = "
-              f"{rates[backend]:6.2f} images/s = {rates[backend] / ceilings[backend]:.2f} of its ceiling{extra}",
-              flush=True)
+        ceiling = max(before[backend], after[backend])
+        print(f"  ceiling {backend:10s} = {ceiling * gflop:5.0f} GFLOP/s = {ceiling * gflop / peak:.2f} of the fp32 peak"
+              + (" (int8 arithmetic: can pass it)" if backend == "onnx-int8" else ""), flush=True)
     if args.peers and peer_bin("clip-retrieval") is None:
         print("  clip-retrieval: not installed (python benchmarks/peers.py clip-retrieval)")
     elif args.peers:
@@ -207,12 +270,14 @@ def main() -> None:
                         "(after one warm-up batch)")
     parser.add_argument("--device", default="cpu", help="torch's device (the onnx backends always run on the CPU)")
     parser.add_argument("--peers", action="store_true", help="also run clip-retrieval inference (benchmarks/.venvs)")
+    parser.add_argument("--size", type=lambda v: tuple(int(x) for x in v.lower().split("x")),
+                        help="every file WxH pixels (default: photo sizes, 1,024-1,600 px)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())
     try:
         images = tmp / "images"
         start = time.perf_counter()
-        files = write_photos(images, args.count)
+        files = write_photos(images, args.count, (args.size,) if args.size else PHOTO_SIZES)
         print(f"{args.count} photo-like JPEGs written in {time.perf_counter() - start:.0f} s (not counted)", flush=True)
         for name in args.models.split(","):
             bench_model(name, tmp, images, files, args)

@@ -10,12 +10,14 @@ never sits in memory).
 
 Quantised kinds (IVF-SQ8, IVF-PQ) re-rank their candidates with a float16 refine store
 (stylesearch/index/refine.py): each effort is measured with the re-rank (the default) and on the
-codes alone (the baseline, same run), after one unmeasured pass on the codes that brings the
-probed lists into the page cache for both; at the default effort also with other re-rank factors,
-and first with the refine store evicted from the page cache (posix_fadvise DONTNEED), so each
-query reads its candidates' rows from disk: the cold-cache cost of the re-rank.
+codes alone (the baseline, same run), each after one unmeasured pass that brings the lists and
+rows it reads into the page cache (a warm server); at the default effort also with other re-rank
+factors, and first with the refine store evicted from the page cache (posix_fadvise DONTNEED), so
+each query reads its candidates' rows from disk: the cold-cache cost of the re-rank.
 
 Usage: python benchmarks/scale.py [SIZES] [--keep DIR] [--kind KIND]   e.g. 1000000 or 1000000,10000000
+(--keep DIR keeps the datasets and their exact neighbours; a later run with the same DIR reuses them
+and measures queries only, e.g. on an idle machine after a build that shared it)
 (--kind forces an index kind instead of auto, e.g. ivfsq to see the 10M plan's kind at 1M)
 """
 
@@ -24,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stylesearch.index.load import load_index
+from stylesearch.index.load import index_meta, load_index
 from stylesearch.store.catalog import open_catalog
 from stylesearch.store.paths import dataset_paths
 
@@ -77,14 +78,18 @@ def fill_catalog(paths, n: int, queries: np.ndarray, c: np.ndarray, rng) -> np.n
     return best_ids
 
 
+# A small process that runs the command and reports its peak RSS (KiB) on stderr's last line. Asking
+# from here would over-count: a child spawned by this (large) process starts with its memory counted.
+PEAK_RSS = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)")
+
+
 def run(cmd: list[str]) -> tuple[float, float, str]:
     """Wall seconds, peak RSS (GiB) and stdout of a child process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS, *cmd], capture_output=True, text=True, check=True)
     wall = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, max(peak, before) / (1 << 20), out
+    return wall, int(done.stderr.split()[-1]) / (1 << 20), done.stdout
 
 
 def bench(n: int, root: Path, kind: str = "auto") -> None:
@@ -92,19 +97,29 @@ def bench(n: int, root: Path, kind: str = "auto") -> None:
     c = centres(rng)
     queries = sample(np.random.default_rng(99), c, QUERIES)  # held out: not in the collection
     paths = dataset_paths(f"scale{n}", root)
+    exact_file = root / f"scale{n}-exact.npy"  # kept beside the dataset, so --keep can reuse both
     start = time.perf_counter()
-    exact = fill_catalog(paths, n, queries, c, rng)
-    fill = time.perf_counter() - start
+    if exact_file.exists() and paths.catalog.exists():
+        exact, fill = np.load(exact_file), "kept"
+    else:
+        exact = fill_catalog(paths, n, queries, c, rng)
+        np.save(exact_file, exact)
+        fill = f"{time.perf_counter() - start:6.0f} s"
     cli = [sys.executable, "-m", "stylesearch", "--root", str(root)]
-    build, peak, out = run([*cli, "index", paths.name, "--json", "--kind", kind])
-    meta = json.loads(out)
+    meta = index_meta(paths, "m") if fill == "kept" else None
+    if meta is not None and (kind == "auto" or meta["kind"] == kind):
+        build, peak = "kept", None
+    else:
+        seconds, peak, out = run([*cli, "index", paths.name, "--json", "--kind", kind])
+        meta, build = json.loads(out), f"{seconds:7.1f} s"
     size = sum(f.stat().st_size for f in paths.index_dir("m").glob("index-*.faiss")) / (1 << 30)
     refine = sum(f.stat().st_size for f in paths.index_dir("m").glob("refine-*.npy")) / (1 << 30)
     cold, _, _ = run([*cli, "search", paths.name, "--like", str(n // 2), "-k", "10", "--format", "tsv"])
     vectors_gib = n * DIM * 4 / (1 << 30)
     print(f"n={n:>9,}  kind {meta['kind']} ({meta['factory']}, default nprobe {meta['nprobe']})  "
-          f"catalog fill {fill:6.0f} s")
-    print(f"   build {build:7.1f} s   peak RSS {peak:5.2f} GiB (raw float32 vectors: {vectors_gib:5.2f} GiB)   "
+          f"catalog fill {fill}")
+    rss = "" if peak is None else f"   peak RSS {peak:5.2f} GiB (raw float32 vectors: {vectors_gib:5.2f} GiB)"
+    print(f"   build {build}{rss}   "
           f"index {size:5.2f} GiB on disk (+ refine store {refine:5.2f} GiB)   "
           f"cold `search --like` process {cold:5.2f} s")
     efforts = [None] if not meta["nprobe"] else [meta["nprobe"] // 2, None, meta["nprobe"] * 2]
@@ -120,8 +135,25 @@ def bench(n: int, root: Path, kind: str = "auto") -> None:
         if effort is None and loaded.refine is not None:
             variants += [(f"re-rank x{f}", dataclasses.replace(loaded, refine_factor=f)) for f in (2, 8)]
         for name, variant in variants:
+            measure(variant, queries, exact)  # warm: the rows this variant re-ranks are in the page cache
             report(label, name, variant, queries, exact)
+        if effort is None and faiss_prefetch(loaded):  # last: this changes the loaded index
+            measure(loaded, queries, exact)
+            report(label, f"{variants[0][0]}, 32 prefetch thr.", loaded, queries, exact)
         del loaded, variants, variant  # unmap the store before the next eviction
+
+
+def faiss_prefetch(loaded) -> bool:
+    """The baseline for index.load.tune's prefetch_nthread = 0: FAISS's default of 32 threads that
+    touch the probed lists' pages before each search. False for an index without such lists."""
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(loaded.index)
+    lists = ivf is not None and faiss.downcast_InvertedLists(ivf.invlists)
+    if not hasattr(lists, "prefetch_nthread"):
+        return False
+    lists.prefetch_nthread = 32
+    return True
 
 
 def report(label: str, name: str, loaded, queries: np.ndarray, exact: np.ndarray) -> None:

@@ -340,3 +340,53 @@ def test_embed_and_reindex_give_new_images_predictions(root, cli):
     with open_catalog(paths, readonly=True) as cat:
         new = [it.id for it in cat.items() if it.path.startswith(("more/", "later/"))]
     assert len(new) == 5 and all("side" not in meta[i] and meta[i]["side_prob"] < 1 for i in new)
+
+
+def test_label_of_names_each_kind_of_value():
+    from stylesearch.learn.attributes import label_of
+
+    assert [label_of(v) for v in (True, False, " red ", 3, 2.5, None, "  ", {"a": 1})] == [
+        ("true", "label"), ("false", "label"), ("red", "label"), (None, "number"), (None, "number"),
+        (None, "missing"), (None, "other"), (None, "other")]
+
+
+@pytest.mark.parametrize("rare, listed, more", [(10, 10, False), (11, 10, True)])
+def test_rare_classes_are_listed_up_to_ten_then_an_ellipsis(rare, listed, more):
+    from stylesearch.learn.heads import MIN_PER_CLASS, check_labels
+
+    labels = ["common"] * MIN_PER_CLASS + [f"r{i:02d}" for i in range(rare)]
+    with pytest.raises(UserError) as refused:
+        check_labels("style", labels, 0)
+    message = refused.value.message
+    assert message.count(" (1)") == listed
+    assert (" ... have fewer" in message) is more and "'r00' (1), 'r01' (1)" in message
+
+
+def test_temperature_is_the_minimum_of_the_calibration_log_loss():
+    from stylesearch.learn.heads import fit_temperature
+
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 2, (4000, 3))
+    p = np.exp(true_logits) / np.exp(true_logits).sum(axis=1, keepdims=True)
+    y = np.array([rng.choice(3, p=row) for row in p])
+    assert fit_temperature(3 * true_logits, y) == pytest.approx(3.0, rel=0.08)  # logits 3x too sharp: T = 3
+    assert fit_temperature(true_logits / 2, y) == pytest.approx(0.5, rel=0.08)
+
+
+def test_stratified_sample_keeps_each_class_share_and_a_floor():
+    from stylesearch.learn.heads import _stratified_sample
+
+    y = np.repeat([0, 1, 2], [900, 90, 10])
+    rows = _stratified_sample(y, 100, 5, seed=1)
+    assert np.bincount(y[rows]).tolist() == [90, 9, 5] and (np.diff(rows) > 0).all()
+    assert rows.tolist() == _stratified_sample(y, 100, 5, seed=1).tolist()
+    assert _stratified_sample(y[:50], 100, 5, seed=1).tolist() == list(range(50))  # under the limit: all
+
+
+def test_fit_report_gives_the_temperature_to_four_places():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(2, 8))
+    labels = ["a", "b"] * 30
+    x = np.stack([centres[i % 2] + rng.normal(0, 1.5, 8) for i in range(60)]).astype(np.float32)
+    head, report = fit_head(x, labels, "kind")
+    assert report["temperature"] == round(head.temperature, 4) and report["temperature"] != round(head.temperature)

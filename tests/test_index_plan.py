@@ -145,3 +145,24 @@ def test_incremental_build_extends_the_refine_store_and_old_indexes_still_search
     assert old.refine is None and old.search(vectors[[10]], 1)[1][0, 0] == 11
     rebuilt = build_index(paths, "m", "ivfsq")  # it gets a store by a full build, not an incremental one
     assert rebuilt["mode"] == "full" and "refine" in rebuilt
+
+
+def test_single_queries_split_their_probes_across_threads_and_answer_as_a_batch(tmp_path):
+    import faiss
+
+    paths, vectors = _tight_dataset(tmp_path)
+    build_index(paths, "m", "ivfsq")
+    loaded = load_index(paths, "m", effort=8)
+    ivf = faiss.extract_index_ivf(loaded.index)
+    queries = vectors[[3, 700, 1500, 2999]]
+    batch_scores, batch_ids = loaded.search(queries, 10)
+    assert ivf.parallel_mode == (0 if len(queries) >= faiss.omp_get_max_threads() else 1)
+    for q, scores, ids in zip(queries, batch_scores, batch_ids):
+        one_scores, one_ids = loaded.search(q[None], 10)
+        assert ivf.parallel_mode == (1 if faiss.omp_get_max_threads() > 1 else 0)
+        assert one_ids[0].tolist() == ids.tolist()
+        np.testing.assert_allclose(one_scores[0], scores, rtol=1e-6)
+    codes_only = dataclasses.replace(loaded, refine=None)  # the unrefined path splits too
+    ivf.parallel_mode = 0
+    codes_only.search(queries[:1], 10)
+    assert ivf.parallel_mode == (1 if faiss.omp_get_max_threads() > 1 else 0)

@@ -122,3 +122,49 @@ def test_uncertain_sampler_prefers_close_calls():
             a, l, r = (int(p.split(".")[0]) for p in sampler.next(seen))
             gaps.append(abs(np.linalg.norm(vectors[a] - vectors[l]) - np.linalg.norm(vectors[a] - vectors[r])))
     assert np.mean(uncertain_gaps) < np.mean(random_gaps) / 3
+
+
+def test_distance_of_score_inverts_similarity_and_never_goes_negative():
+    from stylesearch.learn.metric import distance_of_score, similarity
+
+    d = np.array([0.0, 0.3, 1.0, 1.7, 2.0])
+    np.testing.assert_allclose(distance_of_score(similarity(d ** 2)), d, atol=1e-7)
+    assert distance_of_score(np.array([1.2]))[0] == 0.0  # rounding above 1 is distance 0, not nan
+
+
+def test_posterior_shrink_is_the_exact_rank_one_update():
+    """Sherman-Morrison: the covariance after one answer equals inv(inv(cov) + f f^T / 4)."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(5, 5))
+    cov, f = a @ a.T + np.eye(5), rng.normal(size=5)
+    model = SimpleNamespace(cov=cov.copy())
+    TripletSampler._shrink(model, f)
+    np.testing.assert_allclose(model.cov, np.linalg.inv(np.linalg.inv(cov) + 0.25 * np.outer(f, f)), rtol=1e-9)
+
+
+def test_unknown_strategy_is_refused_with_the_choices():
+    from stylesearch.choices import LABEL_STRATEGIES
+    from stylesearch.errors import UserError
+
+    with pytest.raises(UserError) as refused:
+        TripletSampler(["a", "b", "c"], unit_rows(3, 4), None, "nope", 0)
+    assert "'nope'" in refused.value.message and all(s in refused.value.hint for s in LABEL_STRATEGIES)
+
+
+def test_train_options_hand_every_setting_to_the_fit():
+    from stylesearch.learn.fit import FitOptions
+
+    options = TrainOptions(kind="lowrank", rank=3, seed=7, folds=4, equality_weight=0.5)
+    assert options.fit_options() == FitOptions(kind="lowrank", rank=3, seed=7, folds=4, equality_weight=0.5)
+
+
+def test_guess_rate_window_is_the_last_fifty_answers(tmp_path):
+    """The labeller reports how many of the last 50 answers the metric guessed (README)."""
+    from stylesearch.learn.labelling import LabelLoop
+
+    loop = LabelLoop([f"{i}.jpg" for i in range(6)], unit_rows(6, 4), "random", seed=0)
+    for n in range(60):
+        loop.hits.append(n < 10)
+    assert len(loop.hits) == 50 and sum(loop.hits) == 0

@@ -626,3 +626,29 @@ def test_text_and_image_query_through_server_match_local_with_tiny_model(embedde
         for fmt in ("json", "tsv"):
             local = c("search", "shared", *args, "-f", fmt)
             assert c("search", "shared", *args, "-f", fmt, "--server", url).stdout == local.stdout, args
+
+
+def test_text_queries_run_the_exported_onnx_text_tower_not_torch(client, root, cli, monkeypatch):
+    """Without a stand-in encoder: the dataset's export (tokenizer port + onnxruntime) answers text terms,
+    in the server and in the CLI, with the vectors its weights give and the +/- arithmetic applied."""
+    from stylesearch.embed.encoders.query import TorchQueryEncoder
+
+    from .onnx_text import write_text_export
+
+    paths = picture_dataset(root)
+    tower = write_text_export(paths.onnx_dir("m"), "m", 48)
+
+    def no_torch(self, texts):
+        raise AssertionError(f"torch asked to encode {texts}")
+    monkeypatch.setattr(TorchQueryEncoder, "encode_text", no_torch)
+    red, blue = tower.expected_vectors(["red dress", "blue"])
+    query = (red - blue) / np.linalg.norm(red - blue)
+    with open_catalog(paths, readonly=True) as cat:
+        ids, vectors = cat.vectors.load("m")
+    scores = vectors @ query
+    best = np.argsort(-scores, kind="stable")[:5]
+    rows = search(client(), "pics", terms=["red dress", "-blue"], k=5)
+    assert [r["id"] for r in rows] == ids[best].tolist()
+    np.testing.assert_allclose([r["score"] for r in rows], scores[best], atol=1e-5)
+    out = cli("search", "pics", "red dress", "-blue", "-k", "5", "--format", "json")
+    assert [r["id"] for r in json.loads(out.stdout)] == ids[best].tolist()

@@ -6,8 +6,9 @@
 #   MUTATION_FRESH=1 tools/mutation.sh ...     forget earlier verdicts (otherwise a rerun is incremental)
 #   MUTATION_SAMPLE=200 tools/mutation.sh ...  run a seeded random sample of 200 mutants per package
 #                                              (MUTATION_SEED, default 1): ~10-20 minutes a package
-#   MUTATION_RETRY=1 MUTATION_SAMPLE=200 ...   run again only the sampled mutants not killed yet (after
-#                                              adding tests); the report still covers the whole sample
+#   MUTATION_RETRY=1 MUTATION_SAMPLE=200 ...   run again only the sampled mutants no test failed on yet
+#                                              (survived, unreached, timed out, not run), e.g. after
+#                                              adding tests; the report still covers the whole sample
 #
 # For each package, the checkout as it is now (stylesearch/, tests/, pyproject.toml) is copied to
 # $MUTATION_DIR/PACKAGE (default /tmp/stylesearch-mutation), mutmut is configured there to mutate only
@@ -15,7 +16,10 @@
 # files (only the tests that reach the mutated function run; one process: MUTATION_CHILDREN=1).
 # A rerun keeps the killed and timed-out verdicts of functions whose code did not change and tries the
 # rest again (survivors, and mutants no test reached), so tests added since are given their chance.
-# A mutant times out after 2 x MUTATION_TIMEOUT_FACTOR (default 4) x (its tests' clean time + 1 s) of CPU.
+# A mutant times out after 2 x MUTATION_TIMEOUT_FACTOR (default 4) x (its tests' clean time +
+# MUTATION_TIMEOUT_CONSTANT, default 15 s) of CPU: each mutant's run also collects the package's test
+# files (~5 s of CPU), which mutmut's default of 1 s left out, so mutants reached only by fast tests
+# "timed out" during collection. Changing either setting sends the timed-out mutants round again.
 # Prints killed/survived/other counts and the wall time per package, then the surviving mutants;
 # `cd $MUTATION_DIR/PACKAGE && mutmut show NAME` shows one as a diff.
 set -euo pipefail
@@ -26,6 +30,7 @@ python="${PYTHON:-$repo/.venv/bin/python}"
 base="${MUTATION_DIR:-/tmp/stylesearch-mutation}"
 children="${MUTATION_CHILDREN:-1}"
 timeout_factor="${MUTATION_TIMEOUT_FACTOR:-4}"
+timeout_constant="${MUTATION_TIMEOUT_CONSTANT:-15}"
 
 # package -> "source globs|test files"
 declare -A PACKAGES=(
@@ -81,6 +86,7 @@ pytest_add_cli_args = ["-m", "not slow", "-p", "no:cacheprovider", "-q", "-x", "
 use_git_change_detection = false
 also_copy = ["completions", "README.md"]
 timeout_multiplier = $timeout_factor
+timeout_constant = $timeout_constant
 EOF
   } > "$work/pyproject.toml"
   echo "== $name: mutating $sources; tests: ${existing[*]}" >&2

@@ -1,7 +1,8 @@
 """Mutant lists and verdicts from mutmut 3's `mutants/**/*.py.meta` files (used by tools/mutation.sh).
 
   python tools/mutation_report.py sample WORKDIR N SEED    print N mutant names drawn at random (seeded)
-  python tools/mutation_report.py unkilled WORKDIR NAMES_FILE    print the names in NAMES_FILE not killed yet
+  python tools/mutation_report.py unkilled WORKDIR NAMES_FILE    print the names in NAMES_FILE no test
+      failed on yet: survived, unreached, not run, and timed out (a timeout may be a starved run)
   python tools/mutation_report.py report WORKDIR NAME SECONDS [NAMES_FILE]
       killed/survived counts over every mutant, or over the names in NAMES_FILE (a sample), then the
       mutants not killed, one per line
@@ -57,6 +58,7 @@ if __name__ == "__main__":
         print("\n".join(sample(workdir, int(sys.argv[3]), int(sys.argv[4]))))
     elif command == "unkilled":
         found = verdicts(workdir)
-        print("\n".join(n for n in Path(sys.argv[3]).read_text().split() if found.get(n) not in KILLED))
+        failed = {code for code, verdict in KILLED.items() if verdict != "timeout"}
+        print("\n".join(n for n in Path(sys.argv[3]).read_text().split() if found.get(n) not in failed))
     else:
         report(workdir, sys.argv[3], sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else None)

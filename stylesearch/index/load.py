@@ -58,6 +58,20 @@ def tune(index, meta: dict, effort: int | None = None) -> None:
         quantizer = faiss.downcast_index(ivf.quantizer)
         if hasattr(quantizer, "hnsw"):  # IVF-HNSW: the coarse search must see at least nprobe lists
             quantizer.hnsw.efSearch = max(64, 2 * ivf.nprobe)
+        lists = faiss.downcast_InvertedLists(ivf.invlists)
+        if hasattr(lists, "prefetch_nthread"):  # memory-mapped lists (_read_flags): the page cache serves
+            lists.prefetch_nthread = 0  # them; FAISS's 32 prefetch threads per search cost ~3 ms a query
+
+
+def split_probes(index, n_queries: int) -> None:
+    """IVF: with fewer queries than threads, each query's probed lists are scanned by all threads
+    (FAISS parallel_mode 1; 1.7x faster single queries on 2 cores); a larger batch gives each thread
+    whole queries (parallel_mode 0). Other kinds are left alone."""
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.parallel_mode = 1 if n_queries < faiss.omp_get_max_threads() else 0
 
 
 @dataclass
@@ -80,11 +94,13 @@ class LoadedIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.refine is not None and self.refine_factor > 1:
             return self._refined_search(queries, k)
+        split_probes(self.index, len(queries))
         scores, ids = self.index.search(queries, k)
         return (scores if self.space == RAW_SPACE else similarity(scores)), ids
 
     def _refined_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         fetch = min(k * self.refine_factor, self.index.ntotal)
+        split_probes(self.index, len(queries))
         _, positions = self.index.index.search(queries, fetch)  # the inner index answers with positions
         scores, positions = rerank(self.refine, queries, positions, k, l2=self.space != RAW_SPACE)
         ids = np.where(positions >= 0, self._id_map()[np.maximum(positions, 0)], -1)

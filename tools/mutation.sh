@@ -110,7 +110,11 @@ EOF
 
 mutmut_in() {  # mutmut in the package's copy, with the venv's python first on PATH
   local work="$1"; shift
-  (cd "$work" && PATH="$(dirname "$python"):$PATH" "$mutmut" "$@")
+  # One thread per BLAS/OpenMP pool: mutmut forks each mutant's run from a process whose OpenMP (FAISS)
+  # threads are already started, and a forked child's first parallel region can hang; such a mutant
+  # "timed out" though its tests passed (query: Searcher._all_vectors mutants survive in 22 s this way)
+  (cd "$work" && PATH="$(dirname "$python"):$PATH" OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+    "$mutmut" "$@")
 }
 
 if [[ $# -eq 0 ]]; then echo "usage: tools/mutation.sh PACKAGE... | list" >&2; exit 2; fi

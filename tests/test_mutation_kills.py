@@ -7,15 +7,20 @@ import hashlib
 import math
 import os
 
+import numpy as np
 import pytest
 
 from stylesearch.errors import UserError
 from stylesearch.ingest.scan import _under_any, scan
-from stylesearch.query.search import Term
+from stylesearch.embed.models import ModelSpec
+from stylesearch.query.filters import parse_filters
+from stylesearch.query.search import SearchRequest, Term, search
 from stylesearch.store.catalog import open_catalog
 from stylesearch.store.datasets import create_dataset
 from stylesearch.store.paths import dataset_paths
 
+from .conftest import unit_rows
+from .test_metadata_search import feed_dataset
 from .test_shards import jpeg, write_shard
 
 
@@ -472,3 +477,193 @@ def test_a_label_session_names_itself_counts_its_judgments_and_needs_three_items
         LabelSession(few)
     assert (refused.value.step, refused.value.dataset) == ("embed", "few")
     assert refused.value.message == "Labelling needs at least 3 embedded items; 'few' has 2."
+
+
+# ---------------------------------------------------------------- query: filters and search (mutation survivors)
+
+
+def _refusal(call, *args, **kwargs) -> UserError:
+    with pytest.raises(UserError) as refused:
+        call(*args, **kwargs)
+    return refused.value
+
+
+def test_filter_refusals_say_what_and_where_with_the_grammar():
+    from stylesearch.query.filters import GRAMMAR_HINT, parse_clause
+
+    cases = {"  = 3": "expected a field name at position 3", "a in ('x' y)": "expected ',' or ')' at position 11",
+             "a = 'b' c": "unexpected text at position 9", "a = \ud800": "it is not valid Unicode text"}
+    for expr, what in cases.items():
+        error = _refusal(parse_clause, expr)
+        assert what in error.message and error.hint == GRAMMAR_HINT, (expr, error.message)
+
+
+def test_quoted_values_unescape_backslashes(tmp_path):
+    from stylesearch.query.filters import parse_clause
+
+    assert parse_clause(r'title = "say \"hi\" \\ now"').values == ('say "hi" \\ now',)
+    paths, _ = feed_dataset(tmp_path)
+    with open_catalog(paths) as cat, cat.transaction():
+        cat.set_metadata(7, {"title": 'say "hi"'})
+    rows = search(paths, SearchRequest.parse(likes=["1"], where=[r'title = "say \"hi\""']))
+    assert [r["id"] for r in rows] == [7]
+
+
+def test_in_lists_on_item_columns_compare_numbers_and_text(tmp_path):
+    from stylesearch.query.filters import matching_ids, parse_filters
+
+    paths, _ = feed_dataset(tmp_path, n=12)
+    with open_catalog(paths) as cat, cat.transaction():
+        for item_id, (w, h) in {1: (64, 48), 2: (96, 64), 3: (64, 64)}.items():
+            cat.conn.execute("UPDATE items SET width=?, height=? WHERE id=?", (w, h, item_id))
+    with open_catalog(paths, readonly=True) as cat:
+        def ids(*where):
+            return sorted(matching_ids(cat, parse_filters(list(where))))
+        assert ids("width in (64, 1000)") == [1, 3] and ids("height in (64)") == [2, 3]
+        assert ids("width not in (64)") == [2, *range(4, 13)]  # the complement: items without a width too
+        assert ids("path in ('3.JPG', 5.jpg)") == [4, 6]  # text columns: case-insensitive, as `=`
+
+
+def test_references_to_list_values_become_in_and_not_in_beside_plain_values(tmp_path):
+    paths, _ = feed_dataset(tmp_path, n=20)
+    query = Term(1.0, "like", "1")  # item 1 (0.jpg): tags ["red", "dress"], category summer
+    same = search(paths, SearchRequest([query], k=20, filters=parse_filters(["tags = @tags"])))
+    assert sorted(r["id"] for r in same) == [6, 11, 16]  # items sharing a tag; the query item is left out
+    other = search(paths, SearchRequest([query], k=20, filters=parse_filters(["tags != @tags"])))
+    assert sorted(r["id"] for r in other) == [i for i in range(2, 21) if (i - 1) % 5]
+    mixed = search(paths, SearchRequest([query], k=20, filters=parse_filters(["category in (winter, @category)"])))
+    assert sorted(r["id"] for r in mixed) == [i for i in range(2, 21) if (i - 1) % 4 in (0, 1)]
+
+
+def test_object_values_cannot_be_compared_and_say_how_to(tmp_path):
+    paths, _ = feed_dataset(tmp_path, n=8)
+    error = _refusal(search, paths, SearchRequest([Term(1.0, "like", "1")], filters=parse_filters(["dims = @dims"])))
+    assert "is an object, which does not compare" in error.message
+    assert error.hint == "Compare with one of its fields, e.g. @FIELD.NAME."
+
+
+def test_search_refusals_name_the_problem_and_the_fix(tmp_path):
+    from stylesearch.errors import NotReady
+    from stylesearch.query.search import Searcher, parse_terms
+
+    error = _refusal(parse_terms, [])
+    assert (error.message, error.hint) == ("Nothing to search for.",
+                                           "Give a text query, a query image (file or URL) or an item.")
+    paths, vectors = feed_dataset(tmp_path, n=8)
+    searcher = Searcher(paths)
+    try:
+        error = _refusal(searcher.query_vector, [Term(1.0, "like", "2"), Term(-1.0, "like", "2")])
+        assert (error.message, error.hint) == ("The query terms cancel out to nothing.", "Change the weights or the terms.")
+    finally:
+        searcher.close()
+    with pytest.raises(NotReady) as missing:
+        Searcher(paths, ModelSpec("other", "x", stored_key="other"))
+    assert missing.value.message == f"Dataset {paths.name!r} has no embeddings of other."
+    assert (missing.value.hint, missing.value.step) == ("Embed it with that model first.", "embed")
+    with open_catalog(paths) as cat, cat.transaction():
+        cat.conn.execute("DELETE FROM vectors")
+    searcher = Searcher(paths)
+    try:
+        with pytest.raises(NotReady) as empty:
+            searcher._all_vectors()
+        assert (empty.value.message, empty.value.hint) == ("No embedded items to search.", "Embed the dataset first.")
+    finally:
+        searcher.close()
+
+
+def test_query_vector_is_the_normalised_weighted_sum(tmp_path):
+    from stylesearch.query.search import Searcher
+
+    paths, vectors = feed_dataset(tmp_path, n=8)
+    searcher = Searcher(paths)
+    try:
+        q = searcher.query_vector([Term(2.0, "like", "2"), Term(-0.5, "like", "5")])
+        expected = 2 * vectors[1] - 0.5 * vectors[4]
+        np.testing.assert_allclose(q, expected / np.linalg.norm(expected), atol=1e-6)
+        assert len(searcher.search_vector(q)) == 8 and len(feed_dataset(tmp_path, "more", n=30)[1]) == 30
+        bigger = Searcher(dataset_paths("more", tmp_path))
+        assert len(bigger.search_vector(bigger.query_vector([Term(1.0, "like", "1")]))) == 10  # k's default
+        bigger.close()
+    finally:
+        searcher.close()
+
+
+def test_grouped_search_keeps_ungrouped_items_apart(tmp_path):
+    paths, _ = feed_dataset(tmp_path, n=12)
+    with open_catalog(paths) as cat, cat.transaction():
+        cat.conn.execute("UPDATE items SET group_id=NULL")
+    rows = search(paths, SearchRequest([Term(1.0, "like", "1")], k=5, group=True))
+    assert len(rows) == 5 and len({r["id"] for r in rows}) == 5
+
+
+def test_the_request_chooses_weights_effort_and_raw_scores(tmp_path):
+    """Two embeddings of one model name: the request's `pretrained` picks one (alone it is ambiguous);
+    its effort reaches the index, `raw` ignores a learned metric."""
+    import faiss
+
+    from stylesearch.index.build import build_index
+    from stylesearch.query.search import Searcher, search_datasets
+
+    paths, vectors = feed_dataset(tmp_path, n=300)
+    other = unit_rows(300, 16, seed=9)
+    with open_catalog(paths) as cat, cat.transaction():
+        cat.vectors.ensure_model("m-u", "m", "u", 16, "float32")
+        cat.vectors.put("m-u", [f"0{i:063d}" for i in range(300)], other, "float32")
+    like = [Term(1.0, "like", "1")]
+    expected = (np.argsort(-(other @ other[0]), kind="stable")[1:4] + 1).tolist()
+    for run in (lambda r: search(paths, r), lambda r: search_datasets([paths], r)):
+        assert [row["id"] for row in run(SearchRequest(like, k=3, pretrained="u"))] == expected
+    build_index(paths, "m-u", "ivf")
+    searcher = Searcher(paths, ModelSpec("m", "u", stored_key="m-u"), effort=3)
+    try:
+        assert faiss.extract_index_ivf(searcher.index.index).nprobe == 3
+    finally:
+        searcher.close()
+
+
+def test_one_shot_searches_pass_effort_raw_and_device_on(tmp_path, monkeypatch):
+    """search() and search_datasets() hand the request's effort, raw and device to their searchers."""
+    from stylesearch.embed.encoders.query import TorchQueryEncoder
+    from stylesearch.index.build import build_index
+    from stylesearch.learn.metric import DiagonalMetric, save_metric
+    from stylesearch.query.search import search_datasets
+
+    from .onnx_text import write_text_export
+
+    paths, vectors = feed_dataset(tmp_path, n=400)
+    build_index(paths, "m", "ivf")
+    exact = {q: (np.argsort(-(vectors @ vectors[q - 1]), kind="stable")[1:4] + 1).tolist() for q in range(1, 41)}
+    for run in (lambda r: search(paths, r), lambda r: search_datasets([paths], r)):
+        def found(effort):
+            return {q: [row["id"] for row in run(SearchRequest([Term(1.0, "like", str(q))], k=3, effort=effort))]
+                    for q in exact}
+        assert found(1) != exact and found(4096) == exact  # one list probed misses some neighbours; all lists none
+    weights = np.linspace(0.1, 3.0, 16)
+    save_metric(paths, "m", DiagonalMetric(weights))
+    raw = [row["id"] for row in search(paths, SearchRequest([Term(1.0, "like", "3")], k=5, raw=True, effort=4096))]
+    assert raw == (np.argsort(-(vectors @ vectors[2]), kind="stable")[1:6] + 1).tolist()
+    learned = [row["id"] for row in search(paths, SearchRequest([Term(1.0, "like", "3")], k=5))]
+    assert learned != raw
+    tower = write_text_export(paths.onnx_dir("m"), "m", 16)
+    monkeypatch.setattr(TorchQueryEncoder, "encode_text", lambda self, texts: pytest.fail("torch was asked"))
+    rows = search(paths, SearchRequest([Term(1.0, "text", "red dress")], k=3, raw=True, device="cpu", effort=4096))
+    text = tower.expected_vectors(["red dress"])[0]
+    assert [row["id"] for row in rows] == (np.argsort(-(vectors @ text), kind="stable")[:3] + 1).tolist()
+
+
+def test_a_searcher_remembers_sixteen_filter_sets_and_shares_an_encoder(tmp_path):
+    from stylesearch.query.search import Searcher
+
+    paths, _ = feed_dataset(tmp_path, n=40)
+    searcher = Searcher(paths)
+    try:
+        query = searcher.query_vector([Term(1.0, "like", "1")])
+        for price in range(20):  # more filter sets than remembered: the oldest make room
+            rows = searcher.search_vector(query, k=50, filters=parse_filters([f"price < {price}"]))
+            assert sorted(r["id"] for r in rows) == list(range(1, price + 1))
+        assert len(searcher._allowed_cache) == 16
+        shared = object()
+        searcher.use_encoder(shared)
+        assert searcher.encoder is shared and searcher.loaded_encoder is shared
+    finally:
+        searcher.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stylesearch.errors import CatalogError, DatasetBusy
+from stylesearch.errors import CatalogError, DatasetBusy, NotReady
 from stylesearch.store.catalog import SCHEMA_VERSION, open_catalog
 from stylesearch.store.files import append_jsonl, atomic_write_json, writer_lock
 from stylesearch.store.paths import dataset_paths
@@ -268,3 +268,160 @@ def test_the_user_cache_folder_defaults_under_home(tmp_path, monkeypatch):
     monkeypatch.delenv("STYLESEARCH_CACHE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert str(user_cache_dir()).startswith(str(tmp_path / ".cache"))
+
+
+# ---------------------------------------------------------------- store: mutants the suite let live
+
+
+def _raised(error_type, call, *args, **kwargs):
+    with pytest.raises(error_type) as raised:
+        call(*args, **kwargs)
+    return raised.value
+
+
+def _vectors_dataset(tmp_path, n=5, dim=4, name="v"):
+    import numpy as np
+
+    from .conftest import vector_catalog
+
+    vectors = np.arange(n * dim, dtype=np.float32).reshape(n, dim)
+    return vector_catalog(tmp_path, name, vectors), vectors
+
+
+def test_catalog_refusals_carry_their_dataset_and_fix(tmp_path):
+    from stylesearch.errors import ItemNotFound
+
+    paths = dataset_paths("d", tmp_path)
+    paths.home.mkdir(parents=True)
+    paths.catalog.write_bytes(b"")
+    empty = _raised(CatalogError, open_catalog, paths, readonly=True)
+    assert (empty.dataset, empty.step) == ("d", "embed")
+    assert empty.hint == "Restore it from a backup, or embed the images again to rebuild it."
+    paths.catalog.write_bytes(b"not a database at all" * 100)
+    broken = _raised(CatalogError, open_catalog, paths)
+    assert broken.hint == "Restore it from a backup, or move it away and embed the images again."
+    paths.catalog.unlink()
+    with open_catalog(paths, create=True) as cat:
+        cat.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    newer = _raised(CatalogError, open_catalog, paths, readonly=True)
+    assert newer.hint == "Upgrade stylesearch to open this dataset." and newer.dataset == "d"
+    made = make_dataset(tmp_path, "items", 2)
+    with open_catalog(made, readonly=True) as cat:
+        missing = _raised(ItemNotFound, cat.item, "no/such.jpg")
+    assert missing.hint == "Use an item id or catalog path, as search results show them."
+
+
+def test_a_zero_byte_catalog_is_made_new_with_large_pages(tmp_path):
+    paths = dataset_paths("z", tmp_path)
+    paths.home.mkdir(parents=True)
+    paths.catalog.write_bytes(b"")
+    with open_catalog(paths, create=True) as cat:
+        assert cat.conn.execute("PRAGMA page_size").fetchone()[0] == 16384
+        assert cat.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_upsert_keeps_only_item_columns_and_never_takes_an_id(tmp_path):
+    paths = dataset_paths("u", tmp_path)
+    with open_catalog(paths, create=True) as cat, cat.transaction():
+        first = cat.upsert_item("a.jpg", content_hash="a" * 64, status="ok", id=999, colour="red")
+        second = cat.upsert_item("b.jpg", content_hash="b" * 64, status="ok")
+    assert (first, second) == (1, 2)
+    with open_catalog(paths, readonly=True) as cat:
+        assert [cat.item("1").path, cat.item("2").path] == ["a.jpg", "b.jpg"]
+
+
+def test_listings_count_exactly_and_sort_models_by_key(tmp_path):
+    import numpy as np
+
+    from stylesearch.store.datasets import adoptable_images, list_datasets, list_models
+
+    paths, vectors = _vectors_dataset(tmp_path)
+    with open_catalog(paths) as cat, cat.transaction():
+        cat.vectors.ensure_model("a-second", "a", "t", 4, "float32")  # made later, sorts first by key
+        cat.vectors.put("a-second", [f"{i:064d}" for i in range(5)], vectors, "float32")
+        cat.vectors.ensure_model("none-yet", "n", "t", 4, "float32")
+    with open_catalog(paths, readonly=True) as cat:
+        assert cat.vectors.sample("none-yet", 3).shape == (0, 4)
+    with open_catalog(paths) as cat, cat.transaction():
+        cat.conn.execute("DELETE FROM models WHERE model_key='none-yet'")
+    row = next(r for r in list_datasets(tmp_path) if r["name"] == "v")
+    assert (row["items"], row["deleted"], row["corrupt"]) == (5, 0, 0)
+    assert [m["model_key"] for m in list_models("v", tmp_path)] == ["a-second", "m"]
+    with open_catalog(paths, readonly=True) as cat:
+        assert [m["vectors"] for m in cat.vectors.models(with_counts=True)] == [5, 5]
+        assert [m["vectors"] for m in cat.vectors.models()] == [None, None]  # not counted unless asked
+        assert cat.vectors.model("m")["created_at"] and cat.vectors.model("m")["dim"] == 4
+        ids, hashes, empty = cat.vectors.load_with_hashes("nope")
+        assert (ids.shape, hashes, empty.shape) == ((0,), [], (0, 0))
+        chunks = list(cat.vectors.iterate("m", chunk=2))
+        assert [c[0].tolist() for c in chunks] == [[1, 2], [3, 4], [5]]
+        np.testing.assert_array_equal(np.concatenate([c[1] for c in chunks]), vectors)
+        assert cat.vectors.sample("m", 3, seed=1).shape == (3, 4) and cat.vectors.sample("m", 9).shape == (5, 4)
+        not_ready = _raised(NotReady, cat.vectors.iterate("other").__next__)
+        assert not_ready.hint == "Embed the dataset first."
+        no_vector = _raised(NotReady, cat.vectors.of_item, "other", cat.item("1"))
+        assert no_vector.message == "Item '0.jpg' has no embedding for model 'other'."
+        assert no_vector.hint == "Embed the dataset first."
+    other = dataset_paths("fresh", tmp_path)
+    assert not adoptable_images(other)  # no folder
+    other.images.mkdir(parents=True)
+    assert not adoptable_images(other)  # an empty folder
+    (other.images / "a.jpg").write_bytes(b"x")
+    assert adoptable_images(other)
+
+
+def test_json_files_are_sorted_two_space_and_stale_temps_of_subfolders_stay(tmp_path):
+    from stylesearch.store.files import TEMP_MARK, read_json, remove_stale_temp_files
+
+    atomic_write_json(tmp_path / "a.json", {"b": 1, "a": [1, 2]})
+    assert (tmp_path / "a.json").read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'
+    assert read_json(tmp_path / "a.json") == {"a": [1, 2], "b": 1} and read_json(tmp_path / "none", 7) == 7
+    (tmp_path / "sub").mkdir()
+    for folder in (tmp_path, tmp_path / "sub"):
+        (folder / f".x{TEMP_MARK}1").write_text("half")
+    assert remove_stale_temp_files(tmp_path) == 1 and (tmp_path / "sub" / f".x{TEMP_MARK}1").exists()
+    assert remove_stale_temp_files(tmp_path, recursive=True) == 1
+
+
+def test_a_short_append_is_cut_back_to_the_last_whole_line(tmp_path, monkeypatch):
+    log = tmp_path / "log.jsonl"
+    append_jsonl(log, [{"n": 1}])
+    before = log.read_bytes()
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:3]))  # the disk fills mid-line
+    from stylesearch.errors import DiskFull
+
+    with pytest.raises(DiskFull):
+        append_jsonl(log, [{"n": 2}])
+    monkeypatch.undo()
+    assert log.read_bytes() == before
+
+
+def test_dataset_names_and_layout(tmp_path):
+    from stylesearch.errors import DatasetNotFound, UserError
+    from stylesearch.store.paths import check_dataset_name, existing_dataset
+
+    bad = _raised(UserError, check_dataset_name, ".hidden")
+    assert bad.hint == "Use letters, digits, '.', '_' or '-' (at most 100 characters, not starting with '.')."
+    missing = _raised(DatasetNotFound, existing_dataset, "nope", tmp_path)
+    assert missing.message == f"No dataset named 'nope' under {tmp_path}."
+    paths = dataset_paths("d", tmp_path)
+    assert paths.metric_dir("m") == paths.home / "metric" / "m"
+
+
+def test_grey_images_of_every_depth_become_8_bit():
+    import numpy as np
+    from PIL import Image
+
+    from stylesearch.store.images import to_rgb
+
+    wide = Image.fromarray(np.array([[0, 257 * 100, 65535]], dtype=np.uint16))
+    assert np.asarray(to_rgb(wide))[0, :, 0].tolist() == [0, 100, 255]
+    floats = Image.fromarray(np.array([[0.0, 0.5, np.inf, np.nan]], dtype=np.float32))
+    assert np.asarray(to_rgb(floats))[0, :, 0].tolist() == [0, 128, 128, 0]  # inf clipped to the top, NaN lowest
+    unknown = Image.fromarray(np.full((1, 2), np.nan, dtype=np.float32))
+    assert np.asarray(to_rgb(unknown))[0, :, 0].tolist() == [0, 0]
+    big = Image.fromarray(np.array([[-10, 0, 100000]], dtype=np.int32))
+    assert np.asarray(to_rgb(big))[0, :, 0].tolist() == [0, 0, 255]
+    premultiplied = Image.new("La", (1, 1), (200, 0))  # fully transparent: white
+    assert np.asarray(to_rgb(premultiplied))[0, 0].tolist() == [255, 255, 255]

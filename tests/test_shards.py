@@ -102,3 +102,40 @@ def test_catalog_paths_have_no_dot_dot(tmp_path):
     assert relative_name(images, images / "a" / ".." / "b.jpg") == "b.jpg"
     outside = relative_name(images, images / ".." / "elsewhere" / "c.jpg")
     assert outside == str(tmp_path / "elsewhere" / "c.jpg")
+
+
+def _tar(path, members: dict) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_sidecars_give_metadata_and_captions_and_odd_ones_are_survived(tmp_path):
+    from stylesearch.store.shards import ShardReport, read_shard
+
+    shard = tmp_path / "00000.tar"
+    _tar(shard, {"dir/a.jpg": jpeg(0), "dir/a.json": b'{"caption": "from json", "w": 1}',
+                 "dir/b.jpg": jpeg(1), "dir/b.json": b"[1, 2]", "dir/b.txt": b"caf\xff bytes ",
+                 "dir/c.jpg": jpeg(2), "dir/c.json": b"{" * 5000})
+    records = list(read_shard(shard, ShardReport()))
+    assert [(r.member, r.key, r.meta, r.caption) for r in records] == [
+        ("dir/a.jpg", "a", {"caption": "from json", "w": 1, "key": "a"}, "from json"),
+        ("dir/b.jpg", "b", {"key": "b"}, "caf\ufffd bytes"),
+        ("dir/c.jpg", "c", {"key": "c"}, None)]
+
+
+def test_sidecars_over_their_limit_are_skipped_but_images_of_that_size_are_read(tmp_path, monkeypatch):
+    from stylesearch.store import shards
+
+    monkeypatch.setattr(shards, "MAX_SIDECAR_BYTES", 2000)
+    big_image = jpeg(0) + b"\0" * 3000  # JPEG decoders ignore what follows the end marker
+    shard = tmp_path / "00000.tar"
+    _tar(shard, {"a.jpg": big_image, "a.json": b'{"pad": "' + b"x" * 2100 + b'"}', "a.txt": b"kept"})
+    report = shards.ShardReport()
+    records = list(shards.read_shard(shard, report))
+    assert [(r.member, r.meta, r.caption, len(r.data)) for r in records] == [("a.jpg", {"key": "a"}, "kept",
+                                                                                len(big_image))]
+    assert report.broken == ["member 'a.json': declares 2,111 bytes, over the 2,000-byte limit; skipped"]
+    assert shards.ShardMember(shard, "a.jpg").exists() and not shards.ShardMember(shard, "b.jpg").exists()

@@ -27,7 +27,7 @@ here. The ONNX export is made once per model beforehand (its time is printed, no
 cheaper decoding, so the model's share of the time is larger).
 
 Usage: python benchmarks/embed_speed.py [COUNT] [--models ViT-B-32] [--backends onnx,onnx-int8,torch]
-                                        [--batch-size 64] [--ceiling-batches 4] [--device cpu] [--peers]
+                                        [--batch-size 32] [--ceiling-batches 8] [--device cpu] [--peers]
                                         [--size WxH]
 """
 
@@ -46,6 +46,7 @@ import numpy as np
 
 from peers import peer_bin
 from stylesearch.cores import available_cores, decode_workers
+from stylesearch.embed.encoders.base import EncoderOptions
 from stylesearch.embed.encoders.onnx import load_export, session
 from stylesearch.embed.encoders.pixels import Preprocess, load_item
 from stylesearch.embed.export import export_onnx
@@ -265,8 +266,8 @@ def main() -> None:
     parser.add_argument("count", nargs="?", type=int, default=1000)
     parser.add_argument("--models", default="ViT-B-32")
     parser.add_argument("--backends", default="onnx,onnx-int8,torch")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--ceiling-batches", type=int, default=4, help="timed batches per model-only ceiling "
+    parser.add_argument("--batch-size", type=int, default=EncoderOptions().batch_size, help="default: embed's")
+    parser.add_argument("--ceiling-batches", type=int, default=8, help="timed batches per model-only ceiling "
                         "(after one warm-up batch)")
     parser.add_argument("--device", default="cpu", help="torch's device (the onnx backends always run on the CPU)")
     parser.add_argument("--peers", action="store_true", help="also run clip-retrieval inference (benchmarks/.venvs)")

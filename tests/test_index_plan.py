@@ -169,28 +169,24 @@ def test_single_queries_split_their_probes_across_threads_and_answer_as_a_batch(
 
 
 @pytest.mark.parametrize("space", ["raw", "diagonal:v1"])
-def test_single_flat_queries_rank_as_faiss_does_in_either_space(space):
-    """One or two queries on a flat index take one BLAS product (LoadedIndex._flat_search); a batch
-    goes to FAISS. Both give the same ids, order and scores; a single query breaks ties by position."""
+def test_single_flat_queries_rank_as_the_batch_does_in_either_space(space):
+    """One query at a time on a flat index gives the ids, order and scores the batch gives, in the
+    raw (inner product) and a metric's (L2) space, scores as similarities (higher is better)."""
     import faiss
 
     from stylesearch.index.load import LoadedIndex
 
     rng = np.random.default_rng(5)
     rows = rng.normal(size=(2000, 24)).astype(np.float32)
-    rows[1500] = rows[700]  # a tie: the earlier position first
     inner = faiss.IndexFlatIP(24) if space == "raw" else faiss.IndexFlatL2(24)
     index = faiss.IndexIDMap2(inner)
     index.add_with_ids(rows, np.arange(2000, dtype=np.int64) * 3 + 10)
     loaded = LoadedIndex(index, {"kind": "flat", "space": space})
     queries = np.concatenate([rows[[700]] + 0.01, rng.normal(size=(40, 24)).astype(np.float32)])
     batch_scores, batch_ids = loaded.search(queries, 7)
-    for q, scores, ids in zip(queries[1:], batch_scores[1:], batch_ids[1:]):
+    assert batch_ids[0][0] == 700 * 3 + 10
+    assert (np.diff(batch_scores, axis=1) <= 1e-6).all()
+    for q, scores, ids in zip(queries, batch_scores, batch_ids):
         one_scores, one_ids = loaded.search(q[None], 7)
         assert one_ids[0].tolist() == ids.tolist()
         np.testing.assert_allclose(one_scores[0], scores, rtol=1e-4, atol=1e-4)
-    assert sorted(batch_ids[0][:2].tolist()) == [700 * 3 + 10, 1500 * 3 + 10]  # FAISS: either order
-    assert loaded.search(queries[:1], 7)[1][0][:2].tolist() == [700 * 3 + 10, 1500 * 3 + 10]
-    all_scores, all_ids = loaded.search(queries[:1], 5000)  # k above the rows: every row, once
-    assert sorted(all_ids[0].tolist()) == (np.arange(2000) * 3 + 10).tolist()
-    assert (np.diff(all_scores[0]) <= 1e-6).all()

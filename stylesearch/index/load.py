@@ -81,15 +81,6 @@ def split_probes(index, n_queries: int) -> None:
         ivf.parallel_mode = 1 if few_queries(n_queries) else 0
 
 
-def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, columns) of the k highest scores per row, best first; ties in column order."""
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    part.sort(axis=1)  # column order first, so the stable sort below breaks ties by column
-    best = np.take_along_axis(scores, part, 1)
-    order = np.argsort(-best, axis=1, kind="stable")
-    return np.take_along_axis(best, order, 1), np.take_along_axis(part, order, 1)
-
-
 @dataclass
 class LoadedIndex:
     index: object
@@ -98,7 +89,6 @@ class LoadedIndex:
     refine_factor: int = REFINE_FACTOR
     _order: tuple | None = None  # (positions sorted by id, sorted ids), computed on first use
     _direct_map: bool = False
-    _norms: np.ndarray | None = None  # squared row norms of a flat index in a metric's (L2) space
 
     @property
     def space(self) -> str:
@@ -111,8 +101,6 @@ class LoadedIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.refine is not None and self.refine_factor > 1:
             return self._refined_search(queries, k)
-        if self.is_flat and few_queries(len(queries)):
-            return self._flat_search(queries, k)
         split_probes(self.index, len(queries))
         scores, ids = self.index.search(queries, k)
         return (scores if self.space == RAW_SPACE else similarity(scores)), ids
@@ -124,24 +112,6 @@ class LoadedIndex:
         scores, positions = rerank(self.refine, queries, positions, k, l2=self.space != RAW_SPACE)
         ids = np.where(positions >= 0, self._id_map()[np.maximum(positions, 0)], -1)
         return (scores if self.space == RAW_SPACE else similarity(-scores)), ids
-
-    def _flat_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """A flat index and few queries: one BLAS product over all rows, on every core (FAISS scans them
-        with one thread per query: ~2x slower for a single query on 2 cores); the same ranking."""
-        rows = self._flat_rows()
-        scores = queries @ rows.T
-        if self.space != RAW_SPACE:  # minus the squared L2 distance, as the refine store's re-rank scores
-            scores = 2 * scores - self._row_norms()[None, :] - np.einsum("ij,ij->i", queries, queries)[:, None]
-        best, positions = top_k(scores, k)
-        ids = self._id_map()[positions]
-        return (best if self.space == RAW_SPACE else similarity(-best)), ids
-
-    def _row_norms(self) -> np.ndarray:
-        """Squared norms of the flat index's rows (computed on first use)."""
-        if self._norms is None:
-            rows = self._flat_rows()
-            self._norms = np.einsum("ij,ij->i", rows, rows)
-        return self._norms
 
     def _id_map(self) -> np.ndarray:
         """Item id by position in the index (a view of IndexIDMap2's map, no copy)."""

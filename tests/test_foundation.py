@@ -361,7 +361,14 @@ def test_listings_count_exactly_and_sort_models_by_key(tmp_path):
         assert not_ready.hint == "Embed the dataset first."
         no_vector = _raised(NotReady, cat.vectors.of_item, "other", cat.item("1"))
         assert no_vector.message == "Item '0.jpg' has no embedding for model 'other'."
-        assert no_vector.hint == "Embed the dataset first."
+        assert (no_vector.hint, no_vector.step, no_vector.dataset) == ("Embed the dataset first.", "embed", "v")
+        assert [(m["model_key"], m["dim"], m["dtype"]) for m in cat.vectors.models()] == [
+            ("a-second", 4, "float32"), ("m", 4, "float32")]
+        assert cat.vectors.hashes("m") == {f"{i:064d}" for i in range(5)} and cat.vectors.hashes("x") == set()
+        ids, loaded = cat.vectors.load("m")
+        assert ids.dtype == np.int64 and ids.tolist() == [1, 2, 3, 4, 5]
+        unknown_ids, unknown = cat.vectors.load_for_ids("x", [1, 2])
+        assert (unknown_ids.shape, unknown.shape) == ((0,), (0, 0))
     other = dataset_paths("fresh", tmp_path)
     assert not adoptable_images(other)  # no folder
     other.images.mkdir(parents=True)

@@ -147,7 +147,7 @@ def test_incremental_build_extends_the_refine_store_and_old_indexes_still_search
     assert rebuilt["mode"] == "full" and "refine" in rebuilt
 
 
-def test_single_queries_split_their_probes_across_threads_and_answer_as_a_batch(tmp_path):
+def test_single_queries_split_their_probes_across_threads_and_answer_as_a_batch(tmp_path, monkeypatch):
     import faiss
 
     paths, vectors = _tight_dataset(tmp_path)
@@ -155,17 +155,20 @@ def test_single_queries_split_their_probes_across_threads_and_answer_as_a_batch(
     loaded = load_index(paths, "m", effort=8)
     ivf = faiss.extract_index_ivf(loaded.index)
     queries = vectors[[3, 700, 1500, 2999]]
+    # the split is decided for two threads whatever the machine (or OMP_NUM_THREADS) gives; no thread is
+    # started here (a test process forked after starting FAISS's threads can hang: mutation runs)
+    monkeypatch.setattr(faiss, "omp_get_max_threads", lambda: 2)
     batch_scores, batch_ids = loaded.search(queries, 10)
-    assert ivf.parallel_mode == (0 if len(queries) >= faiss.omp_get_max_threads() else 1)
+    assert ivf.parallel_mode == 0
     for q, scores, ids in zip(queries, batch_scores, batch_ids):
         one_scores, one_ids = loaded.search(q[None], 10)
-        assert ivf.parallel_mode == (1 if faiss.omp_get_max_threads() > 1 else 0)
+        assert ivf.parallel_mode == 1
         assert one_ids[0].tolist() == ids.tolist()
         np.testing.assert_allclose(one_scores[0], scores, rtol=1e-6)
     codes_only = dataclasses.replace(loaded, refine=None)  # the unrefined path splits too
     ivf.parallel_mode = 0
     codes_only.search(queries[:1], 10)
-    assert ivf.parallel_mode == (1 if faiss.omp_get_max_threads() > 1 else 0)
+    assert ivf.parallel_mode == 1
 
 
 @pytest.mark.parametrize("space", ["raw", "diagonal:v1"])
@@ -190,3 +193,112 @@ def test_single_flat_queries_rank_as_the_batch_does_in_either_space(space):
         one_scores, one_ids = loaded.search(q[None], 7)
         assert one_ids[0].tolist() == ids.tolist()
         np.testing.assert_allclose(one_scores[0], scores, rtol=1e-4, atol=1e-4)
+
+
+class _Recorder:
+    """A Progress that records what it is told."""
+
+    def __init__(self):
+        self.events = []
+
+    def start(self, description, total):
+        self.events.append(("start", description, total))
+
+    def advance(self, n=1):
+        self.events.append(("advance", n))
+
+    def finish(self):
+        self.events.append(("finish",))
+
+
+def test_a_build_reports_its_steps_and_writes_a_complete_sidecar(tmp_path):
+    from stylesearch.errors import NotReady
+
+    paths = vector_catalog(tmp_path, "small", unit_rows(300, 8, seed=3))
+    progress = _Recorder()
+    meta = build_index(paths, "m", "ivf", progress=progress)
+    assert progress.events[:2] == [("start", f"training ivf ({meta['nlist']} lists)", None),
+                                   ("start", "indexing (ivf)", 300)]
+    assert sum(e[1] for e in progress.events if e[0] == "advance") == 300
+    sidecar = json.loads(paths.index_sidecar("m").read_text())
+    assert (sidecar["model_key"], sidecar["model"], sidecar["dim"], sidecar["count"]) == ("m", "m", 8, 300)
+    assert sidecar["nprobe"] == 16 and sidecar["kind"] == "ivf"  # the floor of default_nprobe: few lists
+    with open_catalog(paths) as cat, cat.transaction():
+        cat.conn.execute("DELETE FROM vectors")
+    with pytest.raises(NotReady) as empty:
+        build_index(paths, "m")
+    assert (empty.value.message, empty.value.hint, empty.value.step) == (
+        "No embeddings for model m in 'small'.", "Embed the dataset first.", "embed")
+
+
+def test_damaged_sidecars_and_index_files_are_named_in_the_refusal(tmp_path):
+    from stylesearch.index.load import IndexDamaged, read_index
+
+    paths = vector_catalog(tmp_path, "dmg", unit_rows(50, 8, seed=4))
+    meta = build_index(paths, "m", "flat")
+    sidecar = paths.index_sidecar("m")
+    fix = "Build the index again; the catalog is intact."
+    for content, problem in [([1, 2], "is not a JSON object"),
+                             ({**meta, "file": "../" + meta["file"]}, "names no index files of this folder")]:
+        sidecar.write_text(json.dumps(content))
+        with pytest.raises(IndexDamaged) as damaged:
+            read_index(paths, "m")
+        assert damaged.value.message == f"The index of m in dataset 'dmg' is damaged: {sidecar} {problem}."
+        assert damaged.value.hint == fix
+    sidecar.write_text(json.dumps(meta))
+    index_file = paths.index_dir("m") / meta["file"]
+    index_file.write_bytes(b"not a faiss index" * 10)
+    with pytest.raises(IndexDamaged) as unreadable:
+        read_index(paths, "m")
+    assert unreadable.value.message == f"The index of m in dataset 'dmg' is damaged: {index_file} cannot be read."
+    assert load_index(paths, "m") is None  # searches fall back to exact, with a warning
+
+
+def test_recall_refuses_an_index_of_another_metric_version(tmp_path):
+    from stylesearch.errors import NotReady
+
+    paths = vector_catalog(tmp_path, "metric", unit_rows(60, 8, seed=5))
+    meta = build_index(paths, "m", "flat")
+    assert check_recall(paths, "m", sample=20) == 1.0
+    paths.index_sidecar("m").write_text(json.dumps({**meta, "space": "diagonal:v9"}))
+    with pytest.raises(NotReady) as stale:
+        check_recall(paths, "m", sample=20)
+    assert (stale.value.message, stale.value.hint, stale.value.step) == (
+        "The index was built for another version of the learned metric.", "Build the index again.", "index")
+
+
+def test_indexes_load_memory_mapped_and_quantised_scores_are_float32(tmp_path):
+    import faiss
+
+    from stylesearch.index.load import _space
+    from stylesearch.learn.metric import load_metric
+
+    paths, vectors = _tight_dataset(tmp_path)
+    build_index(paths, "m", "ivfsq")
+    loaded = load_index(paths, "m")
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(loaded.index).invlists)
+    assert isinstance(lists, faiss.OnDiskInvertedLists)  # memory-mapped unless asked to be writable
+    in_memory = load_index(paths, "m", writable=True)
+    assert not isinstance(faiss.downcast_InvertedLists(faiss.extract_index_ivf(in_memory.index).invlists),
+                          faiss.OnDiskInvertedLists)
+    scores, found = loaded.search(vectors[[0, 1]], 5)
+    assert scores.dtype == np.float32 and found[:, 0].tolist() == [1, 2]  # position 0 is item 1
+    raw = load_metric(paths, "m", raw=True, dim=32)
+    assert _space(raw, vectors[:3].astype(np.float64)).dtype == np.float32
+
+
+def test_plans_name_their_sizes_and_factories():
+    import os
+
+    from stylesearch.index.plan import format_bytes, memory_budget
+
+    assert choose_plan("ivfpq", 512, 50_000).factory() == "IVF1024,PQ64x8"  # too few vectors for OPQ
+    assert choose_plan("ivfpq", 512, 100_000).factory().startswith("OPQ64,")
+    hnsw = choose_plan("hnsw", 512, 250_000, 16 * GiB)
+    assert hnsw.index_bytes() == 250_000 * (4 * 512 + 2 * 32 * 4)
+    assert [format_bytes(n) for n in (512, 1_024_000, 1536 << 20, 5 << 40)] == [
+        "512 B", "1000.0 KiB", "1.5 GiB", "5.0 TiB"]
+    with open("/proc/meminfo") as fh:
+        total = int(next(line for line in fh if line.startswith("MemTotal:")).split()[1]) * 1024
+    assert abs(memory_budget() - 0.6 * total) < 0.02 * total  # 60% of physical memory
+    assert memory_budget(123) == 123 and os.sysconf("SC_PAGE_SIZE") > 0

@@ -168,3 +168,42 @@ def test_guess_rate_window_is_the_last_fifty_answers(tmp_path):
     for n in range(60):
         loop.hits.append(n < 10)
     assert len(loop.hits) == 50 and sum(loop.hits) == 0
+
+
+def test_temperature_scaling_recovers_the_temperature_that_made_the_labels():
+    from stylesearch.learn.heads import fit_temperature
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(scale=3.0, size=(6000, 5))
+    for true_t in (0.5, 2.0):
+        p = np.exp(logits / true_t)
+        p /= p.sum(axis=1, keepdims=True)
+        labels = np.array([rng.choice(5, p=row) for row in p])
+        assert fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.1)
+
+
+def test_metric_files_without_a_kind_are_diagonal_and_negative_weights_are_named():
+    from stylesearch.learn.metric import _from_arrays, parameter_problem
+
+    old = _from_arrays({"weights": np.ones(3)}, {})  # written before metrics had kinds
+    assert isinstance(old, DiagonalMetric) and old.meta["kind"] == "diagonal"
+    assert parameter_problem(DiagonalMetric(np.array([1.0, -0.5, 2.0]), {})) == "negative weights"
+    assert parameter_problem(DiagonalMetric(np.array([1.0, 0.5, 2.0]), {})) is None
+
+
+def test_the_optimiser_stops_at_the_iteration_limit():
+    from types import SimpleNamespace
+
+    from stylesearch.learn.kinds import Model
+
+    def rosenbrock(x):  # a valley L-BFGS-B needs dozens of iterations to follow
+        f = (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
+        grad = np.array([-2 * (1 - x[0]) - 400 * x[0] * (x[1] - x[0] ** 2), 200 * (x[1] - x[0] ** 2)])
+        return f, grad
+
+    def solve(max_iter):
+        model = Model(np.zeros((1, 2)), [], SimpleNamespace(max_iter=max_iter, equality_weight=0.0))
+        return model._minimize(rosenbrock, np.array([-1.2, 1.0]))
+
+    np.testing.assert_allclose(solve(500), [1.0, 1.0], atol=1e-3)
+    assert np.abs(solve(3) - 1.0).max() > 0.1

@@ -6,13 +6,14 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sqlite3
 
 import numpy as np
 import pytest
 
+from stylesearch.embed.models import ModelSpec
 from stylesearch.errors import UserError
 from stylesearch.ingest.scan import _under_any, scan
-from stylesearch.embed.models import ModelSpec
 from stylesearch.query.filters import parse_filters
 from stylesearch.query.search import SearchRequest, Term, search
 from stylesearch.store.catalog import open_catalog
@@ -554,6 +555,8 @@ def test_search_refusals_name_the_problem_and_the_fix(tmp_path):
     try:
         error = _refusal(searcher.query_vector, [Term(1.0, "like", "2"), Term(-1.0, "like", "2")])
         assert (error.message, error.hint) == ("The query terms cancel out to nothing.", "Change the weights or the terms.")
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):  # a search never writes the catalog
+            searcher.catalog.conn.execute("DELETE FROM items")
     finally:
         searcher.close()
     with pytest.raises(NotReady) as missing:

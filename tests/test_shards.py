@@ -6,6 +6,8 @@ import io
 import json
 import tarfile
 
+import pytest
+
 from stylesearch.ingest.samples import render
 from stylesearch.ingest.scan import scan
 from stylesearch.ingest.transform import TransformOptions, transform_dataset
@@ -118,12 +120,28 @@ def test_sidecars_give_metadata_and_captions_and_odd_ones_are_survived(tmp_path)
     shard = tmp_path / "00000.tar"
     _tar(shard, {"dir/a.jpg": jpeg(0), "dir/a.json": b'{"caption": "from json", "w": 1}',
                  "dir/b.jpg": jpeg(1), "dir/b.json": b"[1, 2]", "dir/b.txt": b"caf\xff bytes ",
-                 "dir/c.jpg": jpeg(2), "dir/c.json": b"{" * 5000})
+                 "dir/c.jpg": jpeg(2), "dir/c.json": b"{" * 5000,
+                 "dir/d.jpg": jpeg(3), "dir/d.json": b'{"caption": "na\xefve"}'})  # Latin-1 in a JSON sidecar
     records = list(read_shard(shard, ShardReport()))
     assert [(r.member, r.key, r.meta, r.caption) for r in records] == [
         ("dir/a.jpg", "a", {"caption": "from json", "w": 1, "key": "a"}, "from json"),
         ("dir/b.jpg", "b", {"key": "b"}, "caf\ufffd bytes"),
-        ("dir/c.jpg", "c", {"key": "c"}, None)]
+        ("dir/c.jpg", "c", {"key": "c"}, None),
+        ("dir/d.jpg", "d", {"caption": "na\ufffdve", "key": "d"}, "na\ufffdve")]
+
+
+def test_a_member_cut_short_under_the_reader_names_its_shard(tmp_path, monkeypatch):
+    from stylesearch.store import shards
+
+    shard = tmp_path / "00000.tar"
+    _tar(shard, {"a.jpg": jpeg(0)})
+    member = shards.ShardMember(shard, "a.jpg")
+    assert member.read_bytes() == jpeg(0)
+    offset, size = shards.shard_index(str(shard), *member._stamp())["a.jpg"]
+    monkeypatch.setattr(shards, "shard_index", lambda *stamp: {"a.jpg": (offset, shard.stat().st_size)})
+    with pytest.raises(OSError) as cut:
+        member.read_bytes()
+    assert str(cut.value) == f"{member}: shard truncated"
 
 
 def test_sidecars_over_their_limit_are_skipped_but_images_of_that_size_are_read(tmp_path, monkeypatch):

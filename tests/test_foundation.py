@@ -355,6 +355,7 @@ def test_listings_count_exactly_and_sort_models_by_key(tmp_path):
         assert (ids.shape, hashes, empty.shape) == ((0,), [], (0, 0))
         chunks = list(cat.vectors.iterate("m", chunk=2))
         assert [c[0].tolist() for c in chunks] == [[1, 2], [3, 4], [5]]
+        assert {c[0].dtype for c in chunks} == {np.dtype(np.int64)}  # FAISS takes int64 ids only
         np.testing.assert_array_equal(np.concatenate([c[1] for c in chunks]), vectors)
         assert cat.vectors.sample("m", 3, seed=1).shape == (3, 4) and cat.vectors.sample("m", 9).shape == (5, 4)
         not_ready = _raised(NotReady, cat.vectors.iterate("other").__next__)

@@ -239,7 +239,8 @@ def test_damaged_sidecars_and_index_files_are_named_in_the_refusal(tmp_path):
     sidecar = paths.index_sidecar("m")
     fix = "Build the index again; the catalog is intact."
     for content, problem in [([1, 2], "is not a JSON object"),
-                             ({**meta, "file": "../" + meta["file"]}, "names no index files of this folder")]:
+                             ({**meta, "file": "../" + meta["file"]}, "names no index files of this folder"),
+                             ({**meta, "file": "index-1/../../../escape.faiss"}, "names no index files of this folder")]:
         sidecar.write_text(json.dumps(content))
         with pytest.raises(IndexDamaged) as damaged:
             read_index(paths, "m")

@@ -415,6 +415,10 @@ def test_dataset_names_and_layout(tmp_path):
     assert missing.message == f"No dataset named 'nope' under {tmp_path}."
     paths = dataset_paths("d", tmp_path)
     assert paths.metric_dir("m") == paths.home / "metric" / "m"
+    names = ["index-1.faiss", "members-1.npz", "index-1.npz", "members-1.faiss", "index-1/../../x.faiss", None,
+             "refine-1.npy", "refine-1/../x.npy"]
+    assert [paths.is_index_version_name(n) for n in names] == [True, True] + [False] * 6
+    assert [paths.is_refine_store_name(n) for n in names] == [False] * 6 + [True, False]
 
 
 def test_grey_images_of_every_depth_become_8_bit():

@@ -195,7 +195,7 @@ def _sidecar_problem(paths: DatasetPaths, meta) -> str | None:
     if meta.get("kind") not in KINDS or not isinstance(meta.get("space", RAW_SPACE), str):
         return "names no known index kind and space"
     names = (meta.get("file"), meta.get("members"))
-    if not all(isinstance(n, str) and "/" not in n and paths.is_index_version_name(n) for n in names):
+    if not all(paths.is_index_version_name(n) for n in names):
         return "names no index files of this folder"
     if not isinstance(meta.get("nprobe") or 0, int):
         return "has a search effort that is not a number"

@@ -113,9 +113,11 @@ class DatasetPaths:
         return f"index-{stamp}.faiss", f"members-{stamp}.npz"
 
     @staticmethod
-    def is_index_version_name(name: str) -> bool:
-        return (name.startswith("index-") and name.endswith(".faiss")) or (
-            name.startswith("members-") and name.endswith(".npz"))
+    def is_index_version_name(name) -> bool:
+        """A bare file name of an index version (a sidecar naming anything else is refused)."""
+        return isinstance(name, str) and "/" not in name and (
+            (name.startswith("index-") and name.endswith(".faiss")) or
+            (name.startswith("members-") and name.endswith(".npz")))
 
     @staticmethod
     def refine_store_name(stamp: str) -> str:

@@ -11,7 +11,7 @@ so decoding costs what a camera or web photo costs (flat synthetic patterns deco
   end-to-end runs, and the higher rate of the two is the ceiling (one slow pass, e.g. a busy moment or
   a cold allocator, would otherwise lower it and flatter the end-to-end share);
 - the fp32 peak: float32 matrix products in numpy on every core, and the image tower's FLOPs per image
-  (torch's FLOP counter), so each ceiling is also a share of what the CPU can do;
+  (counted from its layers, `image_gflop`), so each ceiling is also a share of what the CPU can do;
 - each backend end to end (`embed_dataset`: decode, resize, model, catalog writes; an ONNX session is
   made inside the timed run, as a user's run makes it, the torch model is loaded before it) and its
   share of its own ceiling;
@@ -140,16 +140,15 @@ def ceilings(backends: list[str], export, model, batches: list[np.ndarray]) -> d
     return rates
 
 
-def report_end_to_end(results: dict, before: dict, after: dict) -> dict[str, float]:
-    """Print each backend's ceiling (the higher of its two passes) and end-to-end share; their rates."""
+def report_end_to_end(results: dict, before: dict, after: dict, best: dict) -> dict[str, float]:
+    """Print each backend's ceiling (`best`: the higher of its two passes) and end-to-end share; their rates."""
     rates = {}
     for backend in results:
-        ceiling = max(before[backend], after[backend])
-        print(f"  ceiling {backend:10s} model only: {ceiling:6.2f} images/s "
+        print(f"  ceiling {backend:10s} model only: {best[backend]:6.2f} images/s "
               f"(before the end-to-end runs {before[backend]:6.2f}, after {after[backend]:6.2f})", flush=True)
     for backend, (result, elapsed, _) in results.items():
         rates[backend] = result.embedded / elapsed
-        ceiling = max(before[backend], after[backend])
+        ceiling = best[backend]
         extra = ""
         if "int8_cosine_mean" in result.backend:
             extra = f"; int8 vs fp32 cosine mean {result.backend['int8_cosine_mean']:.5f}"
@@ -241,12 +240,12 @@ def bench_model(name: str, tmp: Path, images: Path, files: list[Path], args) -> 
     results = {backend: end_to_end(tmp, images, spec, backend, run_model, source.onnx_dir(spec.key), args)
                for backend in backends}
     after = ceilings(backends, export, model, batches)
-    rates = report_end_to_end(results, before, after)
+    best = {backend: max(before[backend], after[backend]) for backend in backends}
+    rates = report_end_to_end(results, before, after, best)
     gflop, peak = image_gflop(model), matmul_peak()
     print(f"  one image = {gflop:.2f} GFLOP; fp32 peak (numpy float32 matrix products, {available_cores()} cores): "
           f"{peak:.0f} GFLOP/s = {peak / gflop:.1f} images/s", flush=True)
-    for backend in backends:
-        ceiling = max(before[backend], after[backend])
+    for backend, ceiling in best.items():
         print(f"  ceiling {backend:10s} = {ceiling * gflop:5.0f} GFLOP/s = {ceiling * gflop / peak:.2f} of the fp32 peak"
               + (" (int8 arithmetic: can pass it)" if backend == "onnx-int8" else ""), flush=True)
     if args.peers and peer_bin("clip-retrieval") is None:

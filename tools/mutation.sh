@@ -5,10 +5,12 @@
 #   tools/mutation.sh list                     the packages, their source files and test files
 #   MUTATION_FRESH=1 tools/mutation.sh ...     forget earlier verdicts (otherwise a rerun is incremental)
 #   MUTATION_SAMPLE=200 tools/mutation.sh ...  run a seeded random sample of 200 mutants per package
-#                                              (MUTATION_SEED, default 1): ~10-20 minutes a package
+#                                              (MUTATION_SEED, default 1): ~2-6 minutes a package
 #   MUTATION_RETRY=1 MUTATION_SAMPLE=200 ...   run again only the sampled mutants no test failed on yet
 #                                              (survived, unreached, timed out, not run), e.g. after
 #                                              adding tests; the report still covers the whole sample
+#                                              (mutmut's map of tests to functions is the first run's:
+#                                              MUTATION_FRESH=1 for the exact figure with new tests)
 #
 # For each package, the checkout as it is now (stylesearch/, tests/, pyproject.toml) is copied to
 # $MUTATION_DIR/PACKAGE (default /tmp/stylesearch-mutation), mutmut is configured there to mutate only

@@ -63,22 +63,15 @@ def tune(index, meta: dict, effort: int | None = None) -> None:
             lists.prefetch_nthread = 0  # them; FAISS's 32 prefetch threads per search cost ~3 ms a query
 
 
-def few_queries(n_queries: int) -> bool:
-    """Fewer queries than threads: FAISS, which gives each thread whole queries, would leave cores idle."""
-    import faiss
-
-    return n_queries < faiss.omp_get_max_threads()
-
-
 def split_probes(index, n_queries: int) -> None:
-    """IVF: with few queries, each query's probed lists are scanned by all threads (FAISS parallel_mode
-    1; 1.7x faster single queries on 2 cores); a larger batch gives each thread whole queries
-    (parallel_mode 0). Other kinds are left alone."""
+    """IVF: with fewer queries than threads, each query's probed lists are scanned by all threads (FAISS
+    parallel_mode 1; 1.7x faster single queries on 2 cores); a larger batch gives each thread whole
+    queries (parallel_mode 0). Other kinds are left alone."""
     import faiss
 
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
-        ivf.parallel_mode = 1 if few_queries(n_queries) else 0
+        ivf.parallel_mode = 1 if n_queries < faiss.omp_get_max_threads() else 0
 
 
 @dataclass

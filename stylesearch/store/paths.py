@@ -115,9 +115,7 @@ class DatasetPaths:
     @staticmethod
     def is_index_version_name(name) -> bool:
         """A bare file name of an index version (a sidecar naming anything else is refused)."""
-        return isinstance(name, str) and "/" not in name and (
-            (name.startswith("index-") and name.endswith(".faiss")) or
-            (name.startswith("members-") and name.endswith(".npz")))
+        return _bare_name(name, ("index-", ".faiss"), ("members-", ".npz"))
 
     @staticmethod
     def refine_store_name(stamp: str) -> str:
@@ -126,7 +124,7 @@ class DatasetPaths:
 
     @staticmethod
     def is_refine_store_name(name) -> bool:
-        return isinstance(name, str) and "/" not in name and name.startswith("refine-") and name.endswith(".npy")
+        return _bare_name(name, ("refine-", ".npy"))
 
     def metric_dir(self, model_key: str) -> Path:
         return self.home / "metric" / model_key
@@ -223,6 +221,12 @@ class DatasetPaths:
 
 
 _ATLAS_PAGE = re.compile(r"atlas-\d{1,6}\.png")
+
+
+def _bare_name(name, *patterns: tuple[str, str]) -> bool:
+    """A file name of this folder (a string, no '/') with one of the (prefix, suffix) patterns."""
+    return isinstance(name, str) and "/" not in name and any(
+        name.startswith(prefix) and name.endswith(suffix) for prefix, suffix in patterns)
 _HEAD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,99}")
 
 

@@ -371,6 +371,14 @@ def test_temperature_is_the_minimum_of_the_calibration_log_loss():
     y = np.array([rng.choice(3, p=row) for row in p])
     assert fit_temperature(3 * true_logits, y) == pytest.approx(3.0, rel=0.08)  # logits 3x too sharp: T = 3
     assert fit_temperature(true_logits / 2, y) == pytest.approx(0.5, rel=0.08)
+    # rows of very different confidence: a likelihood pooled over all rows' classes, instead of one
+    # normaliser per row, would fit 0.36 for 0.5 here
+    logits = rng.normal(size=(6000, 5)) * np.where(rng.random(6000) < 0.5, 0.3, 8.0)[:, None]
+    for true_t in (0.5, 2.0):
+        p = np.exp(logits / true_t)
+        p /= p.sum(axis=1, keepdims=True)
+        labels = np.array([rng.choice(5, p=row) for row in p])
+        assert fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.08)
 
 
 def test_stratified_sample_keeps_each_class_share_and_a_floor():

@@ -170,20 +170,6 @@ def test_guess_rate_window_is_the_last_fifty_answers(tmp_path):
     assert len(loop.hits) == 50 and sum(loop.hits) == 0
 
 
-def test_temperature_scaling_recovers_the_temperature_that_made_the_labels():
-    from stylesearch.learn.heads import fit_temperature
-
-    rng = np.random.default_rng(0)
-    # rows of very different confidence: a likelihood pooled over all rows' classes, instead of one
-    # normaliser per row, would fit 0.36 for 0.5 here
-    logits = rng.normal(size=(6000, 5)) * np.where(rng.random(6000) < 0.5, 0.3, 8.0)[:, None]
-    for true_t in (0.5, 2.0):
-        p = np.exp(logits / true_t)
-        p /= p.sum(axis=1, keepdims=True)
-        labels = np.array([rng.choice(5, p=row) for row in p])
-        assert fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.08)
-
-
 def test_metric_files_without_a_kind_are_diagonal_and_negative_weights_are_named():
     from stylesearch.learn.metric import _from_arrays, parameter_problem
 
